@@ -1,0 +1,67 @@
+"""Engine creation: SQLite pragmas, PostgreSQL pool settings, session factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine tuned for this service on SQLite or PostgreSQL."""
+    if is_sqlite(url):
+        return _sqlite_engine(url, **kwargs)
+    options: dict[str, Any] = {
+        # A dead connection after a database restart is replaced, not reported.
+        "pool_pre_ping": True,
+        "pool_size": 5,
+        "max_overflow": 5,
+        "pool_timeout": 5,
+        # Fail fast when the server is unreachable, so callers can answer 503.
+        "connect_args": {"connect_timeout": 3},
+    }
+    options.update(kwargs)
+    return create_engine(url, **options)
+
+
+def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+    path = make_url(url).database
+    if path and path != ":memory:":
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    options.update(kwargs)
+    engine = create_engine(url, **options)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy's "begin" hook issue BEGIN itself (see below).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit that answered 200 survives power loss, not only a process crash.
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue
+        # on busy_timeout instead of failing with "database is locked" on upgrade.
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)

@@ -1,0 +1,82 @@
+"""HTTP endpoints: Sinch callbacks and health checks."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import text
+
+from webhook.callbacks import InvalidBody, load_body
+from webhook.errors import error_response
+from webhook.ingest import UNAVAILABLE_ERRORS, StorageUnavailable, ingest
+from webhook.migrate import current_revision
+from webhook.signing import SignatureError, signature_headers, verify
+from webhook.state import state
+
+bp = Blueprint("callbacks", __name__)
+
+
+@bp.post("/sinch/callbacks")
+def receive_callback() -> Response:
+    """Verify, store and project one Sinch callback; 200 only after the commit."""
+    st = state()
+    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    settings = st.settings
+    if settings.webhook_secrets:
+        try:
+            verify(
+                body,
+                request.headers,
+                settings.webhook_secrets,
+                max_age_seconds=settings.signature_max_age_seconds,
+            )
+        except SignatureError as err:
+            return error_response(401, f"signature_{err.reason}", err.message)
+    try:
+        payload = load_body(body)
+    except InvalidBody as err:
+        return error_response(400, "invalid_body", str(err))
+    try:
+        result = ingest(st.engine, body, payload, signature_headers(request.headers))
+    except StorageUnavailable:
+        return error_response(
+            503,
+            "storage_unavailable",
+            "the callback could not be stored; retry later",
+            Retry_After=str(settings.retry_after_seconds),
+        )
+    return jsonify(
+        outcome=result.outcome,
+        event_id=result.event_id,
+        trigger=result.trigger,
+        status=result.status,
+    )
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process is alive."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """The database answers and its schema is at the latest migration."""
+    st = state()
+    try:
+        with st.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        revision = current_revision(st.engine)
+    except UNAVAILABLE_ERRORS:
+        return error_response(
+            503,
+            "database_unavailable",
+            "database is not reachable",
+            Retry_After=str(st.settings.retry_after_seconds),
+        )
+    if revision != st.head_revision:
+        return error_response(
+            503,
+            "schema_out_of_date",
+            f"database schema is at {revision}, expected {st.head_revision}; run migrations",
+        )
+    return jsonify(status="ready", revision=revision)
