@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import click
@@ -14,6 +15,12 @@ from webhook import migrate
 from webhook.state import state
 
 db = AppGroup("db", help="Database schema migrations (Alembic).")
+# Feature groups: each feature module attaches its commands with @<group>.command()
+# and is listed in COMMAND_MODULES so that register() imports it.
+events = AppGroup("events", help="Stored callbacks: replay, import, export, retention.")
+report = AppGroup("report", help="Reports on flows: funnel, completions, failures.")
+flows = AppGroup("flows", help="WhatsApp Flows: send messages, manage endpoint keys.")
+contacts = AppGroup("contacts", help="Personal data: erase one person's data.")
 
 
 def _engine() -> Engine:
@@ -69,9 +76,13 @@ def db_check() -> None:
     click.echo("no drift between models and migrations")
 
 
-COMMAND_GROUPS: list[click.Group] = [db]
+COMMAND_GROUPS: list[click.Group] = [db, events, report, flows, contacts]
+# Modules whose import attaches commands to the groups above (one line per feature).
+COMMAND_MODULES: list[str] = []
 
 
 def register(app: Flask) -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
     for group in COMMAND_GROUPS:
         app.cli.add_command(group)
