@@ -13,8 +13,8 @@ from webhook.signing import sign_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-# The shared specs and vectors sit beside the repository (../shared/spec).
-SPEC = ROOT.parent / "shared" / "spec"
+# Test vectors copied from the specs (sinch-signing-vector.json, flows-vectors/).
+SPEC = Path(__file__).resolve().parent / "vectors"
 SECRET = "test-webhook-secret"
 
 
