@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import fixture_json
-from webhook.flows.emoji import find_emoji
+from webhook.flows.emoji import _FIRST, _LAST, find_emoji
 from webhook.flows.message import (
     FlowMessage,
     InvalidFlowMessage,
@@ -278,3 +278,8 @@ def test_normalize_number(raw: str, digits: str) -> None:
 )  # fmt: skip
 def test_find_emoji(text: str, found: str | None) -> None:
     assert find_emoji(text) == found
+
+
+def test_emoji_table_is_sorted_and_disjoint() -> None:
+    assert all(first <= last for first, last in zip(_FIRST, _LAST, strict=True))
+    assert all(last < following for last, following in zip(_LAST, _FIRST[1:], strict=False))

@@ -132,142 +132,118 @@ def normalize_number(number: str) -> str:
     return digits
 
 
-def _given(value: str | None) -> bool:
-    return value is not None
+class _Problems(list[Problem]):
+    def add(self, field: str, message: str) -> None:
+        self.append(Problem(field, message))
+
+    def text(
+        self, field: str, label: str, value: str | None, limit: int, required: str | None = None
+    ) -> bool:
+        """Check an optional (or, with ``required``, mandatory) text; True if it is fine."""
+        if value is None:
+            if required:
+                self.add(field, required)
+            return required is None
+        if not value.strip():
+            self.add(field, f"{label} is empty")
+            return False
+        if len(value) > limit:
+            self.add(field, f"{label} is {len(value)} characters; at most {limit} allowed")
+            return False
+        return True
 
 
-def _length(problems: list[Problem], field: str, label: str, value: str, limit: int) -> None:
-    if len(value) > limit:
-        problems.append(
-            Problem(field, f"{label} is {len(value)} characters; at most {limit} allowed")
+def _check_recipient(m: FlowMessage, problems: _Problems) -> None:
+    if (m.to is None) == (m.contact_id is None):
+        which = "neither" if m.to is None else "both"
+        problems.add(
+            "recipient",
+            f"recipient: give exactly one of a WhatsApp number or a contact id ({which} given)",
         )
-
-
-def _not_blank(problems: list[Problem], field: str, label: str, value: str) -> bool:
-    if not value.strip():
-        problems.append(Problem(field, f"{label} is empty"))
-        return False
-    return True
-
-
-def _check_recipient(m: FlowMessage, problems: list[Problem]) -> None:
-    if _given(m.to) == _given(m.contact_id):
-        which = "both" if _given(m.to) else "neither"
-        problems.append(
-            Problem(
-                "recipient",
-                f"recipient: give exactly one of a WhatsApp number or a contact id ({which} given)",
-            )
-        )
-        return
-    if m.to is not None:
+    elif m.to is not None:
         digits = normalize_number(m.to)
-        if not (
-            digits.isascii()
-            and digits.isdigit()
-            and MIN_MSISDN_DIGITS <= len(digits) <= MAX_MSISDN_DIGITS
+        if not (digits.isascii() and digits.isdigit()) or not (
+            MIN_MSISDN_DIGITS <= len(digits) <= MAX_MSISDN_DIGITS
         ):
-            problems.append(
-                Problem(
-                    "recipient.identity",
-                    f"WhatsApp number {m.to!r} is not an international phone number "
-                    f"({MIN_MSISDN_DIGITS} to {MAX_MSISDN_DIGITS} digits with the country code)",
-                )
+            problems.add(
+                "recipient.identity",
+                f"WhatsApp number {m.to!r} is not an international phone number "
+                f"({MIN_MSISDN_DIGITS} to {MAX_MSISDN_DIGITS} digits with the country code)",
             )
-    elif m.contact_id is not None and _not_blank(
-        problems, "recipient.contact_id", "contact id", m.contact_id
-    ):
-        _length(problems, "recipient.contact_id", "contact id", m.contact_id, MAX_CONTACT_ID)
+    else:
+        problems.text("recipient.contact_id", "contact id", m.contact_id, MAX_CONTACT_ID)
 
 
-def _check_header(m: FlowMessage, problems: list[Problem]) -> None:
-    kind = (m.header_type or ("text" if m.header is not None else "")).strip().lower()
+def _header_kind(m: FlowMessage) -> str:
+    return (m.header_type or ("text" if m.header is not None else "")).strip().lower()
+
+
+def _check_header(m: FlowMessage, problems: _Problems) -> None:
+    kind = _header_kind(m)
     if not kind:
         if m.header_url is not None:
-            problems.append(
-                Problem(
-                    "header.type",
-                    "header link given without a media header type "
-                    f"({', '.join(MEDIA_HEADER_TYPES)})",
-                )
-            )
-        return
-    if kind not in HEADER_TYPES:
-        problems.append(
-            Problem(
-                "header.type",
-                f"header type must be one of {', '.join(HEADER_TYPES)}; got {m.header_type!r}",
-            )
+            media = ", ".join(MEDIA_HEADER_TYPES)
+            problems.add("header.type", f"header link given without a media header type ({media})")
+    elif kind not in HEADER_TYPES:
+        problems.add(
+            "header.type",
+            f"header type must be one of {', '.join(HEADER_TYPES)}; got {m.header_type!r}",
         )
-        return
-    if kind == "text":
+    elif kind == "text":
         if m.header_url is not None:
-            problems.append(Problem("header.link", "a text header takes no link"))
-        if m.header is None:
-            problems.append(Problem("header.text", "header type text needs the header text"))
-        elif _not_blank(problems, "header.text", "header text", m.header):
-            _length(problems, "header.text", "header text", m.header, MAX_HEADER_TEXT)
-        return
-    if m.header is not None:
-        problems.append(
-            Problem(
+            problems.add("header.link", "a text header takes no link")
+        problems.text(
+            "header.text",
+            "header text",
+            m.header,
+            MAX_HEADER_TEXT,
+            required="header type text needs the header text",
+        )
+    else:
+        if m.header is not None:
+            problems.add(
                 "header.text",
                 f"a {kind} header takes a link, not text (use the footer or body for text)",
             )
-        )
-    if m.header_url is None:
-        problems.append(Problem(f"header.{kind}.link", f"header type {kind} needs a link"))
-    else:
-        parts = urlsplit(m.header_url.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            problems.append(
-                Problem(
-                    f"header.{kind}.link",
-                    f"header link must be an http(s) URL; got {m.header_url!r}",
-                )
-            )
+        link = f"header.{kind}.link"
+        if m.header_url is None:
+            problems.add(link, f"header type {kind} needs a link")
+        else:
+            parts = urlsplit(m.header_url.strip())
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                problems.add(link, f"header link must be an http(s) URL; got {m.header_url!r}")
 
 
-def _check_action(m: FlowMessage, problems: list[Problem]) -> None:
+def _check_action(m: FlowMessage, problems: _Problems) -> None:
     action = m.action.strip().lower()
     if action not in ACTIONS:
-        problems.append(
-            Problem(
-                "flow_action", f"flow_action must be navigate or data_exchange; got {m.action!r}"
-            )
+        problems.add(
+            "flow_action", f"flow_action must be navigate or data_exchange; got {m.action!r}"
         )
     if action == "navigate":
-        if m.screen is None:
-            problems.append(
-                Problem(
-                    "flow_action_payload.screen", "flow_action navigate needs the first screen's id"
-                )
-            )
-        elif _not_blank(problems, "flow_action_payload.screen", "screen", m.screen):
-            _length(problems, "flow_action_payload.screen", "screen", m.screen, MAX_SCREEN)
-    elif action == "data_exchange" and (m.screen is not None or m.data is not None):
-        problems.append(
-            Problem(
-                "flow_action_payload",
-                "flow_action data_exchange takes no screen or data "
-                "(the first screen comes from the data endpoint's INIT answer)",
-            )
+        problems.text(
+            "flow_action_payload.screen",
+            "screen",
+            m.screen,
+            MAX_SCREEN,
+            required="flow_action navigate needs the first screen's id",
         )
-    if m.data is not None and action != "data_exchange":
-        if not isinstance(m.data, Mapping):
-            problems.append(
-                Problem(
-                    "flow_action_payload.data",
-                    f"data must be a JSON object; got {type(m.data).__name__}",
-                )
-            )
-        elif not m.data:
-            problems.append(
-                Problem(
-                    "flow_action_payload.data",
-                    "data must be a non-empty object (leave it out instead)",
-                )
-            )
+    elif action == "data_exchange" and (m.screen is not None or m.data is not None):
+        problems.add(
+            "flow_action_payload",
+            "flow_action data_exchange takes no screen or data "
+            "(the first screen comes from the data endpoint's INIT answer)",
+        )
+    if m.data is None or action == "data_exchange":
+        return
+    if not isinstance(m.data, Mapping):
+        problems.add(
+            "flow_action_payload.data", f"data must be a JSON object; got {type(m.data).__name__}"
+        )
+    elif not m.data:
+        problems.add(
+            "flow_action_payload.data", "data must be a non-empty object (leave it out instead)"
+        )
 
 
 def _ttl(value: int | str) -> str | None:
@@ -283,54 +259,36 @@ def _ttl(value: int | str) -> str | None:
 
 def validate(m: FlowMessage) -> list[Problem]:
     """Every rule the message breaks, in payload order; empty when it can be sent."""
-    problems: list[Problem] = []
+    problems = _Problems()
     _check_recipient(m, problems)
     _check_header(m, problems)
-    if m.body is None:
-        problems.append(Problem("body.text", "body text is required"))
-    elif _not_blank(problems, "body.text", "body text", m.body):
-        _length(problems, "body.text", "body text", m.body, MAX_BODY)
-    if m.footer is not None and _not_blank(problems, "footer.text", "footer", m.footer):
-        _length(problems, "footer.text", "footer", m.footer, MAX_FOOTER)
-    if m.flow_id is None:
-        problems.append(Problem("flow_id", "flow_id is required"))
-    elif _not_blank(problems, "flow_id", "flow_id", m.flow_id):
-        _length(problems, "flow_id", "flow_id", m.flow_id, MAX_FLOW_ID)
-    if m.token is not None and _not_blank(problems, "flow_token", "flow_token", m.token):
-        _length(problems, "flow_token", "flow_token", m.token, MAX_TOKEN)
+    problems.text("body.text", "body text", m.body, MAX_BODY, required="body text is required")
+    problems.text("footer.text", "footer", m.footer, MAX_FOOTER)
+    problems.text("flow_id", "flow_id", m.flow_id, MAX_FLOW_ID, required="flow_id is required")
+    problems.text("flow_token", "flow_token", m.token, MAX_TOKEN)
     if m.mode.strip().lower() not in MODES:
-        problems.append(
-            Problem("flow_mode", f"flow_mode must be draft or published; got {m.mode!r}")
-        )
-    if m.cta is None:
-        problems.append(Problem("flow_cta", "flow_cta (the button text) is required"))
-    elif _not_blank(problems, "flow_cta", "flow_cta", m.cta):
-        _length(problems, "flow_cta", "flow_cta", m.cta, MAX_CTA)
+        problems.add("flow_mode", f"flow_mode must be draft or published; got {m.mode!r}")
+    problems.text(
+        "flow_cta", "flow_cta", m.cta, MAX_CTA, required="flow_cta (the button text) is required"
+    )
+    if m.cta is not None and m.cta.strip():
         emoji = find_emoji(m.cta)
         if emoji is not None:
-            problems.append(
-                Problem(
-                    "flow_cta",
-                    f"flow_cta must not contain emoji; found {emoji!r} (U+{ord(emoji):04X})",
-                )
+            problems.add(
+                "flow_cta", f"flow_cta must not contain emoji; found {emoji!r} (U+{ord(emoji):04X})"
             )
     _check_action(m, problems)
-    if m.metadata is not None:
-        _length(problems, "message_metadata", "message_metadata", m.metadata, MAX_METADATA)
-    if m.correlation_id is not None:
-        _length(problems, "correlation_id", "correlation_id", m.correlation_id, MAX_CORRELATION_ID)
+    problems.text("message_metadata", "message_metadata", m.metadata, MAX_METADATA)
+    problems.text("correlation_id", "correlation_id", m.correlation_id, MAX_CORRELATION_ID)
     if m.ttl is not None and _ttl(m.ttl) is None:
-        problems.append(
-            Problem(
-                "ttl",
-                f"ttl must be a positive number of seconds (e.g. 86400 or 86400s); got {m.ttl!r}",
-            )
+        problems.add(
+            "ttl", f"ttl must be a positive number of seconds (e.g. 86400 or 86400s); got {m.ttl!r}"
         )
-    return problems
+    return list(problems)
 
 
 def _header(m: FlowMessage) -> dict[str, Any] | None:
-    kind = (m.header_type or ("text" if m.header is not None else "")).strip().lower()
+    kind = _header_kind(m)
     if not kind:
         return None
     if kind == "text":

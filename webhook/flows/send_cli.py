@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import IO, Any
@@ -287,7 +286,7 @@ def _send_batch(
         ):
             pending: dict[Future[SendOutcome], CsvRow] = {}
 
-            def settle(done: Iterator[Future[SendOutcome]] | set[Future[SendOutcome]]) -> None:
+            def settle(done: set[Future[SendOutcome]]) -> None:
                 nonlocal abort
                 for future in done:
                     row = pending.pop(future)
