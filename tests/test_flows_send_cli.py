@@ -230,6 +230,18 @@ def test_bad_region_is_one_line(make_app: Callable[..., Flask]) -> None:
     assert result.stderr == "Error: SINCH_REGION must be one of us, eu, br; got 'ap'\n"
 
 
+def test_unusable_database_stops_before_sending(
+    make_app: Callable[..., Flask], sinch: SinchStub, new_database_url: Callable[[str], str]
+) -> None:
+    app = make_app(database_url=new_database_url("sqlite"), sinch_project_id=PROJECT,
+                   sinch_app_id=APP_ID, sinch_key_id=KEY_ID, sinch_key_secret=KEY_SECRET,
+                   sinch_api_base_url=sinch.url, sinch_auth_url=sinch.token_url)  # fmt: skip
+    result = app.test_cli_runner().invoke(args=["flows", "send", "--to", "5511987654321", *BASIC])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: database error: no such table: flow_sends\n"
+    assert sinch.send_requests() == []
+
+
 def test_rejected_send_is_recorded_with_sinch_error(
     invoke: Callable[..., Result], sinch: SinchStub, engine: Engine
 ) -> None:
@@ -446,6 +458,33 @@ def test_batch_stops_when_the_key_is_refused(
     )
     assert sinch.send_requests() == []
     assert rows(engine, "flow_sends") == []
+
+
+def test_batch_stops_when_sinch_refuses_even_a_fresh_token(
+    invoke: Callable[..., Result], sinch: SinchStub, engine: Engine, tmp_path: Path
+) -> None:
+    unauth = Reply(401, sinch_error(401, "UNAUTHENTICATED", "Key revoked"))
+    sinch.send_script.extend([unauth, unauth])
+    path = tmp_path / "r.csv"
+    path.write_text("to\n5511900000001\n5511900000002\n5511900000003\n", encoding="utf-8")
+    result = invoke("--csv", str(path), *BASIC, "--workers", "1")
+    assert result.exit_code == 1
+    assert result.stderr.endswith(
+        "Error: stopped: line 2: Sinch refused the access token: 401 UNAUTHENTICATED: Key revoked\n"
+    )
+    # Row 1 was tried twice (a fresh token in between); row 2 was queued behind it and
+    # may have started before the stop; row 3 was never handed out.
+    identities = [
+        s.json()["recipient"]["identified_by"]["channel_identities"][0]["identity"]
+        for s in sinch.send_requests()
+    ]
+    assert identities[:2] == ["5511900000001", "5511900000001"]
+    assert "5511900000003" not in identities
+    sent = len(identities) - 2
+    assert result.stdout.strip() == (
+        f"sent {sent}, rejected 0, failed 0, unknown 0, invalid 0 (3 rows)"
+    )
+    assert len(rows(engine, "flow_sends")) == sent
 
 
 def test_pacer_spaces_calls() -> None:

@@ -290,6 +290,8 @@ def _send_batch(
                 nonlocal abort
                 for future in done:
                     row = pending.pop(future)
+                    if future.cancelled():
+                        continue
                     try:
                         outcome = future.result()
                     except (SinchAuthError, NotRecorded, exc.SQLAlchemyError) as err:
@@ -304,13 +306,16 @@ def _send_batch(
                     bar.update(1)
 
             for row, request in requests:
-                if abort:
-                    break
-                while len(pending) >= workers * 2:
+                while len(pending) >= workers * 2 and not abort:
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     settle(finished)
+                if abort:
+                    break
                 pacer.wait()
                 pending[pool.submit(send_flow, st.engine, client, request)] = row
+            if abort:
+                for future in pending:
+                    future.cancel()  # rows not started yet are not sent
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 settle(finished)

@@ -117,13 +117,14 @@ def send_flow(engine: Engine, client: ConversationClient, req: SendRequest) -> S
     SinchAuthError and SinchConfigError propagate unrecorded: they say nothing about
     this message and would fail every other one the same way.
     """
-    if not req.token_generated:
-        with engine.connect() as conn:
-            if tokens_in_use(conn, [req.flow_token]):
-                raise TokenInUse(
-                    f"flow token {req.flow_token!r} was already used by an earlier send; "
-                    "flow tokens must be unique (leave the token out to generate one)"
-                )
+    # Checked for generated tokens too: it costs one indexed lookup and proves the
+    # database can be read before Sinch is asked to send anything.
+    with engine.connect() as conn:
+        if tokens_in_use(conn, [req.flow_token]):
+            raise TokenInUse(
+                f"flow token {req.flow_token!r} was already used by an earlier send; "
+                "flow tokens must be unique (leave the token out to generate one)"
+            )
     message_id: str | None = None
     error: str | None = None
     try:
