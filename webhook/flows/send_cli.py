@@ -294,11 +294,11 @@ def _send_batch(
                         continue
                     try:
                         outcome = future.result()
-                    except (SinchAuthError, NotRecorded, exc.SQLAlchemyError) as err:
-                        abort = abort or f"line {row.line}: {_one_line(err)}"
-                    except TokenInUse as err:
+                    except TokenInUse as err:  # only if another process took it meanwhile
                         notes.append(f"line {row.line}: {err}")
                         counts[REJECTED] += 1
+                    except Exception as err:  # key refused, database, not recorded: stop
+                        abort = abort or f"line {row.line}: {_one_line(err)}"
                     else:
                         counts[outcome.status] += 1
                         if outcome.status != ACCEPTED:
@@ -326,10 +326,9 @@ def _send_batch(
         f"sent {counts[ACCEPTED]}, rejected {counts[REJECTED]}, failed {counts[FAILED]}, "
         f"unknown {counts[UNKNOWN]}, invalid {len(invalid)} ({len(rows)} rows)"
     )
-    if abort:
-        click.echo(summary)
-        raise click.ClickException(f"stopped: {abort}")
     click.echo(summary)
+    if abort:
+        raise click.ClickException(f"stopped: {abort}")
     if not_sent or invalid:
         raise click.exceptions.Exit(1)
 
