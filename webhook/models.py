@@ -242,7 +242,8 @@ class FlowSend(Base):
     contact_id: Mapped[str64_opt]
     conversation_id: Mapped[str64_opt]
     correlation_id: Mapped[str128_opt]
-    # "accepted", "rejected" (API sends) or "submitted" (seen only in MESSAGE_SUBMIT).
+    # "accepted", "rejected", "failed", "unknown" (API sends; see webhook/flows/sending.py)
+    # or "submitted" (seen only in MESSAGE_SUBMIT).
     send_status: Mapped[str] = mapped_column(String(16))
     error: Mapped[text_opt]
     request_body: Mapped[json_opt]
