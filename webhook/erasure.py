@@ -200,7 +200,7 @@ def erase_projections(
                 pk = t.c[rule.pk]
                 conn.execute(update(t).where(pk == m[rule.pk]).values(_set(t, values)))
                 changed += 1
-        counts[t.name] = changed
+        counts[str(t.name)] = changed
     counts["flow_exchanges"] = erase_exchanges(conn, tokens)
     return counts, events, tokens
 

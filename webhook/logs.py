@@ -49,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             doc[key if key not in _BASE_KEYS else f"field_{key}"] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
+        return orjson.dumps(doc, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class TextFormatter(logging.Formatter):

@@ -56,7 +56,7 @@ def plan_prune(
     )
     if delete_before is not None:
         bodies = bodies.where(Event.received_at >= delete_before)
-    by_status = dict(conn.execute(bodies.group_by(Event.status)).tuples().all())
+    by_status = {status: n for status, n in conn.execute(bodies.group_by(Event.status))}
     deletes = 0
     if delete_before is not None:
         count = select(func.count()).where(Event.received_at < delete_before)
