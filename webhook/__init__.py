@@ -11,6 +11,7 @@ from flask import Flask
 from webhook.config import Settings
 from webhook.db import make_engine
 from webhook.errors import register_error_handlers
+from webhook.logs import configure_logging
 from webhook.migrate import head_revision
 from webhook.state import EXTENSION_KEY, AppState
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app; nothing connects to the database until a request or command needs it."""
     settings = settings or Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.config["JSON_SORT_KEYS"] = False
@@ -28,9 +30,11 @@ def create_app(settings: Settings | None = None, config: Mapping[str, Any] | Non
     engine = make_engine(settings.database_url)
     app.extensions[EXTENSION_KEY] = AppState(settings, engine, head_revision())
 
-    from webhook import cli, routes
+    from webhook import cli, metrics, observe, routes
 
     app.register_blueprint(routes.bp)
+    app.register_blueprint(metrics.bp)
+    observe.init_app(app)
     cli.register(app)
     register_error_handlers(app)
 

@@ -80,6 +80,8 @@ COMMAND_GROUPS: list[click.Group] = [db, events, report, flows, contacts]
 # Modules whose import attaches commands to the groups above (one line per feature).
 COMMAND_MODULES: list[str] = [
     "webhook.flows.send_cli",
+    "webhook.retention",
+    "webhook.erasure",
 ]
 
 
