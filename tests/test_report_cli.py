@@ -179,19 +179,24 @@ def test_default_window_is_the_last_30_days(cli: FlaskCliRunner) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--since", "yesterday"], "'yesterday' is not a date"),
-        (["--since", "2026-02-30"], "day is out of range"),
+        (["--since", "yesterday"], "Error: --since 'yesterday' is not a date (2026-03-01), "),
+        (["--since", "2026-02-30"], "Error: --since '2026-02-30': day is out of range"),
         (["--since", "2026-03-04", "--until", "2026-03-01"], "must be before --until"),
-        (["--until", "2026-13-01T00:00:00Z"], "--until"),
-        (["--format", "xml"], "'xml' is not one of"),
+        (["--until", "2026-13-01T00:00:00Z"], "Error: --until '2026-13-01T00:00:00Z' is not"),
     ],
 )
 def test_bad_input_is_one_line_and_fails(cli: FlaskCliRunner, args: list[str],
                                          message: str) -> None:  # fmt: skip
     result = cli.invoke(args=["report", "funnel", *args])
-    assert result.exit_code != 0
+    assert result.exit_code == 1
     assert message in result.output
-    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_unknown_format_is_a_usage_error(cli: FlaskCliRunner) -> None:
+    result = cli.invoke(args=["report", "timeline", "--format", "xml"])
+    assert result.exit_code == 2
+    assert "'xml' is not one of 'table', 'csv', 'json'" in result.output
 
 
 def test_unmigrated_database_is_one_line(tmp_path: Any) -> None:
@@ -216,5 +221,5 @@ def test_when_forms() -> None:
     assert parse_when("30m", now, "--since") == now - timedelta(minutes=30)
     window = make_window("2d", None, now)
     assert (window.since, window.until) == (now - timedelta(days=2), now)
-    with pytest.raises(click.BadParameter):
+    with pytest.raises(click.ClickException):
         make_window("1d", "2d", now)  # since after until

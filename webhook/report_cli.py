@@ -40,16 +40,15 @@ def parse_when(value: str, now: datetime, option: str) -> datetime:
         try:
             return datetime.fromisoformat(raw).replace(tzinfo=UTC)
         except ValueError as err:
-            raise click.BadParameter(f"{value!r}: {err}", param_hint=option) from None
+            raise click.ClickException(f"{option} {value!r}: {err}") from None
     try:
         parsed = parse_time(raw, option)
     except ParseError:
         parsed = None
     if parsed is None:
-        raise click.BadParameter(
-            f"{value!r} is not a date (2026-03-01), a time (2026-03-01T08:00:00Z) "
-            "or an age (7d, 12h, 30m)",
-            param_hint=option,
+        raise click.ClickException(
+            f"{option} {value!r} is not a date (2026-03-01), a time (2026-03-01T08:00:00Z) "
+            "or an age (7d, 12h, 30m)"
         )
     return parsed
 
@@ -62,9 +61,7 @@ def make_window(
     end = parse_when(until, now, "--until") if until else now
     start = parse_when(since, now, "--since") if since else end - timedelta(days=DEFAULT_DAYS)
     if start >= end:
-        raise click.BadParameter(
-            f"--since ({_iso(start)}) must be before --until ({_iso(end)})", param_hint="--since"
-        )
+        raise click.ClickException(f"--since ({_iso(start)}) must be before --until ({_iso(end)})")
     return reports.Window(start, end)
 
 
@@ -102,11 +99,17 @@ def plain(value: Any) -> Any:
 
 def cell(value: Any) -> str:
     """A value as one CSV cell: text as is, everything else as JSON, NULL empty."""
-    value = plain(value)
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
     if value is None:
         return ""
-    if isinstance(value, str):
-        return value
+    if kind is int:  # the common cases first: reports can run to many thousand rows
+        return str(value)
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, date):
+        return value.isoformat()
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -196,6 +199,7 @@ def read_only(engine: Engine) -> Iterator[Connection]:
         conn = conn.execution_options(sqlite_begin="DEFERRED")
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        reports.tune(conn)
         yield conn
         conn.rollback()
 

@@ -15,10 +15,15 @@ Functions take a Connection and never commit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+import orjson
+import psycopg
+from psycopg.types.json import set_json_loads
 from sqlalchemy import BindParameter, Boolean, Connection, Float, Integer, String, bindparam, text
 from sqlalchemy.types import TypeEngine
 
@@ -36,6 +41,68 @@ class Report:
     name: str
     columns: tuple[str, ...]
     rows: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------- planner settings
+
+# Transaction-local PostgreSQL settings for report queries (see tune()).
+REPORT_SETTINGS = {
+    # The queries take milliseconds: compiling them with JIT costs more than it saves.
+    "jit": "off",
+    # Their lookups hit cached index pages: price random reads as on an SSD (1.1, not
+    # the spinning-disk 4), so joins from a window's rows use the indexes.
+    "random_page_cost": "1.1",
+    # Windows differ in size by orders of magnitude: plan each query for its own.
+    "plan_cache_mode": "force_custom_plan",
+    # Worker start-up costs more than it saves on window-sized work, and takes cores
+    # from the callback endpoint sharing the server.
+    "max_parallel_workers_per_gather": "0",
+}
+# Joins that look up at most one row per row of the window, by a unique key.
+LOOKUP_JOINS = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
+
+
+def _set(conn: Connection, settings: dict[str, str]) -> None:
+    names = list(settings)
+    calls = ", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(len(names)))
+    params = {f"n{i}": n for i, n in enumerate(names)}
+    params.update({f"v{i}": settings[n] for i, n in enumerate(names)})
+    conn.execute(text(f"SELECT {calls}"), params)
+
+
+def tune(conn: Connection) -> None:
+    """Set REPORT_SETTINGS for the current transaction (PostgreSQL; nothing elsewhere).
+
+    Also parse JSON answers with orjson on this connection: a listing can hold tens of
+    thousands of them, and the standard library takes three times as long.
+    """
+    if conn.dialect.name == "postgresql":
+        _set(conn, REPORT_SETTINGS)
+        driver = conn.connection.driver_connection
+        if isinstance(driver, psycopg.Connection):
+            set_json_loads(orjson.loads, driver)
+
+
+@contextmanager
+def lookup_joins(conn: Connection) -> Iterator[None]:
+    """Within the block, join by index lookups only (PostgreSQL; nothing elsewhere).
+
+    For a listing that fetches one send per completion, the planner otherwise prefers
+    hashing every send ever made to a few thousand index lookups.
+    """
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    names = list(LOOKUP_JOINS)
+    current = conn.execute(
+        text("SELECT " + ", ".join(f"current_setting(:n{i})" for i in range(len(names)))),
+        {f"n{i}": n for i, n in enumerate(names)},
+    ).one()
+    _set(conn, LOOKUP_JOINS)
+    try:
+        yield
+    finally:
+        _set(conn, dict(zip(names, current, strict=True)))
 
 
 # ---------------------------------------------------------------- SQL pieces
@@ -57,43 +124,49 @@ def seconds_sql(start: str, end: str, dialect: str) -> str:
     return f"(({whole}) * 1000000 + {micro}) / 1000000.0"
 
 
-# The send a completion answers (fr: flow_responses, rs: the send its reply_to names).
-MATCHED_SEND = """COALESCE(
-      rs.id,
-      (SELECT ts.id FROM flow_sends ts
+# The latest accepted send with the completion's flow_token, sent at or before it
+# (fr: flow_responses). Used when the completion's reply_to names no send of ours.
+TOKEN_MATCH = """(SELECT ts.id FROM flow_sends ts
         WHERE ts.flow_token = fr.flow_token
           AND ts.message_id IS NOT NULL
           AND COALESCE(ts.sent_at, ts.submitted_at) <= fr.completed_at
         ORDER BY COALESCE(ts.sent_at, ts.submitted_at) DESC, ts.id DESC
-        LIMIT 1))"""
+        LIMIT 1)"""
+# The send a completion answers (rs: the send whose message_id its reply_to names).
+MATCHED_SEND = f"COALESCE(rs.id, {TOKEN_MATCH})"
 
-# Sends in the window: each branch can use its own index (sent_at, submitted_at).
-SENDS_IN_WINDOW = """s AS (
-  SELECT id, message_id, flow_id, flow_token, contact_id, identity, channel, send_status,
-         COALESCE(sent_at, submitted_at) AS sent_time
-  FROM flow_sends
-  WHERE ((sent_at >= :since AND sent_at < :until)
-         OR (sent_at IS NULL AND submitted_at >= :since AND submitted_at < :until)){flow}
+
+def in_window(a: str, flow_id: str | None) -> str:
+    """Sends (alias a) of the window; each branch can use its own index (sent_at, submitted_at)."""
+    return (
+        f"(({a}.sent_at >= :since AND {a}.sent_at < :until)"
+        f" OR ({a}.sent_at IS NULL AND {a}.submitted_at >= :since"
+        f" AND {a}.submitted_at < :until)){_flow_filter(flow_id, f'{a}.flow_id')}"
+    )
+
+
+def token_completions(flow_id: str | None) -> str:
+    """(send_id, completed_at) of completions matched by flow_token to sends of the window.
+
+    Only completions whose reply_to names no send of ours fall back to the token. A
+    completion can only be matched to a send made before it, so it is no older than
+    the window. Most completions reply to the very send that carries their token, which
+    the join rules out; the few left are checked one by one, by a scalar subquery that
+    names w so that it runs after the join, not on every completion (x.id <> w.id holds
+    anyway once reply_to <> w.message_id). A completion may come out more than once
+    (a token shared by several sends); callers take DISTINCT or MIN.
+    """
+    return f"""(
+  SELECT {TOKEN_MATCH} AS send_id, fr.completed_at
+  FROM flow_sends w
+  JOIN flow_responses fr ON fr.flow_token = w.flow_token
+  WHERE {in_window("w", flow_id)} AND w.message_id IS NOT NULL
+    AND fr.completed_at >= :since
+    AND (fr.reply_to_message_id IS NULL OR fr.reply_to_message_id <> w.message_id)
+    AND (SELECT x.id FROM flow_sends x
+          WHERE x.message_id = fr.reply_to_message_id AND x.id <> w.id) IS NULL
 )"""
 
-# The first completion of each send in `s`. Only completions that can point at one of
-# those sends are matched: by reply_to, or by a flow_token one of them carries.
-COMPLETED_SENDS = f"""cand AS (
-  SELECT fr.id FROM flow_responses fr JOIN s ON fr.reply_to_message_id = s.message_id
-  UNION
-  SELECT fr.id FROM flow_responses fr JOIN s ON fr.flow_token = s.flow_token
-   WHERE s.message_id IS NOT NULL
-),
-done AS (
-  SELECT send_id, MIN(completed_at) AS completed_at FROM (
-    SELECT {MATCHED_SEND} AS send_id, fr.completed_at
-    FROM cand
-    JOIN flow_responses fr ON fr.id = cand.id
-    LEFT JOIN flow_sends rs ON rs.message_id = fr.reply_to_message_id
-  ) m
-  WHERE send_id IS NOT NULL
-  GROUP BY send_id
-)"""
 
 FUNNEL_COUNTS = """
   SUM(CASE WHEN s.send_status <> 'rejected' THEN 1 ELSE 0 END) AS sent,
@@ -103,7 +176,8 @@ FUNNEL_COUNTS = """
   SUM(CASE WHEN ms.delivered_at IS NOT NULL OR ms.read_at IS NOT NULL
            THEN 1 ELSE 0 END) AS delivered,
   SUM(CASE WHEN ms.read_at IS NOT NULL THEN 1 ELSE 0 END) AS read,
-  SUM(CASE WHEN c.send_id IS NOT NULL THEN 1 ELSE 0 END) AS completed,
+  SUM(CASE WHEN s.message_id IN (SELECT reply_to_message_id FROM flow_responses)
+            OR t.send_id IS NOT NULL THEN 1 ELSE 0 END) AS completed,
   SUM(CASE WHEN ms.status = 'FAILED' THEN 1 ELSE 0 END) AS failed,
   SUM(CASE WHEN ms.failed_after_delivery THEN 1 ELSE 0 END) AS failed_after_delivery"""
 
@@ -126,8 +200,13 @@ def _run(
     if flow_id is not None:
         params["flow_id"] = flow_id
         binds.append(bindparam("flow_id", type_=String()))
-    stmt = text(sql).bindparams(*binds).columns(**types)
-    return [dict(row._mapping) for row in conn.execute(stmt, params)]
+    stmt = text(sql).bindparams(*binds)
+    # SQLite hands back text for times and JSON, integers for booleans. psycopg already
+    # returns the Python types, so there the per-value conversions are skipped.
+    typed = stmt if conn.dialect.name == "postgresql" else stmt.columns(**types)
+    result = conn.execute(typed, params)
+    keys = tuple(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def _flow_filter(flow_id: str | None, column: str) -> str:
@@ -154,15 +233,14 @@ def funnel(conn: Connection, window: Window, flow_id: str | None = None,
            daily: bool = False) -> Report:  # fmt: skip
     """Per flow (and per day): sent, queued, delivered, read, completed, failed."""
     dialect = conn.dialect.name
-    day = f"{day_sql('s.sent_time', dialect)} AS day, " if daily else ""
+    day = f"{day_sql('COALESCE(s.sent_at, s.submitted_at)', dialect)} AS day, " if daily else ""
     group = "1, 2" if daily else "s.flow_id"
     sql = f"""
-WITH {SENDS_IN_WINDOW.format(flow=_flow_filter(flow_id, "flow_id"))},
-{COMPLETED_SENDS}
 SELECT {day}s.flow_id,{FUNNEL_COUNTS}
-FROM s
+FROM flow_sends s
 LEFT JOIN message_status ms ON ms.message_id = s.message_id
-LEFT JOIN done c ON c.send_id = s.id
+LEFT JOIN (SELECT DISTINCT send_id FROM {token_completions(flow_id)} tc) t ON t.send_id = s.id
+WHERE {in_window("s", flow_id)}
 GROUP BY {group}"""
     types: dict[str, TypeEngine[Any]] = {name: Integer() for name in FUNNEL_COLUMNS}
     rows = _run(conn, sql, window, flow_id, types)
@@ -214,7 +292,8 @@ ORDER BY m.completed_at, m.message_id"""
         "seconds_to_complete": Float(),
         "response": JSONType,
     }
-    rows = _run(conn, sql, window, flow_id, types)
+    with lookup_joins(conn):
+        rows = _run(conn, sql, window, flow_id, types)
     for row in rows:
         if row["seconds_to_complete"] is not None:
             row["seconds_to_complete"] = round(row["seconds_to_complete"], 3)
@@ -265,16 +344,25 @@ TIMELINE_COLUMNS = ("message_id", "flow_id", "flow_token", "contact_id", "identi
 def timeline(conn: Connection, window: Window, flow_id: str | None = None) -> Report:
     """Per flow message sent in the window: when each stage was first seen, and its status."""
     sql = f"""
-WITH {SENDS_IN_WINDOW.format(flow=_flow_filter(flow_id, "flow_id"))},
-{COMPLETED_SENDS}
 SELECT s.message_id, s.flow_id, s.flow_token, s.contact_id, s.identity, s.channel,
-  s.sent_time AS sent_at, ms.queued_at, ms.switching_at, ms.delivered_at, ms.read_at,
-  ms.failed_at, c.completed_at, ms.status, ms.failed_after_delivery, ms.reason_code
-FROM s
+  COALESCE(s.sent_at, s.submitted_at) AS sent_at, ms.queued_at, ms.switching_at,
+  ms.delivered_at, ms.read_at, ms.failed_at,
+  c.completed_at,
+  ms.status, ms.failed_after_delivery, ms.reason_code
+FROM flow_sends s
 LEFT JOIN message_status ms ON ms.message_id = s.message_id
-LEFT JOIN done c ON c.send_id = s.id
-WHERE s.message_id IS NOT NULL
-ORDER BY s.sent_time, s.message_id"""
+LEFT JOIN (
+  SELECT send_id, MIN(completed_at) AS completed_at FROM (
+    SELECT w.id AS send_id, r.completed_at
+    FROM flow_sends w JOIN flow_responses r ON r.reply_to_message_id = w.message_id
+    WHERE {in_window("w", flow_id)}
+    UNION ALL
+    SELECT send_id, completed_at FROM {token_completions(flow_id)} tc
+  ) u
+  GROUP BY send_id
+) c ON c.send_id = s.id
+WHERE {in_window("s", flow_id)} AND s.message_id IS NOT NULL
+ORDER BY COALESCE(s.sent_at, s.submitted_at), s.message_id"""
     types: dict[str, TypeEngine[Any]] = {name: UTCDateTime() for name in TIMELINE_TIMES}
     types["failed_after_delivery"] = Boolean()
     return Report("timeline", TIMELINE_COLUMNS, _run(conn, sql, window, flow_id, types))
