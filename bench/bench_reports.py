@@ -10,9 +10,12 @@ and its fsyncs are the ingestion benchmark's business, not this one's). Sends ar
 spread evenly over --days; half of them also carry our own sender's sent_at, 1 % of
 sends are rejected, 5 % of completions come without reply_to (matched by flow_token).
 
-Then each report runs in-process, as `flask report` runs it (webhook.reports on one
-connection), for the last 7, 30 and 90 days: one warm-up, then --repeat timed runs,
-median and max. The database is dropped at the end. Results go to stdout as Markdown.
+Then each report runs in-process, as `flask report` runs it (webhook.reports in the
+command's read-only transaction), for the last 7, 30 and 90 days: one warm-up, then
+--repeat timed runs: wall time (median, max) and CPU time of the database backend plus
+this process (median; Linux /proc, so the server must be on this host). The database is
+dropped at the end (not with --database). Results go to stdout as Markdown, progress
+to stderr.
 """
 
 from __future__ import annotations
@@ -333,8 +336,12 @@ def markdown(run: Run) -> str:
         "CPU yardstick (`SELECT count(*) FROM generate_series(1, 1000000)`, median ms, "
         f"same server): {run.yardsticks[0]:.0f} before, {run.yardsticks[1]:.0f} after.",
         "",
-        f"Data: {run.events:,} callback events for {run.messages:,} flow messages over "
-        f"{run.days} days, loaded in {run.load_s:.0f} s: "
+        (
+            f"Data: {run.events:,} callback events for {run.messages:,} flow messages over "
+            f"{run.days} days, loaded in {run.load_s:.0f} s: "
+            if run.events
+            else "Data: an already loaded database (--database): "
+        )
         + ", ".join(f"{t} {n:,}" for t, n in run.counts.items())
         + ".",
         "",
