@@ -223,3 +223,23 @@ def test_when_forms() -> None:
     assert (window.since, window.until) == (now - timedelta(days=2), now)
     with pytest.raises(click.ClickException):
         make_window("1d", "2d", now)  # since after until
+
+
+def test_same_output_on_sqlite_and_postgresql(new_database_url: Callable[[str], str]) -> None:
+    """Every report, in every format, byte for byte the same on both databases."""
+    outputs: dict[str, list[str]] = {}
+    for backend in ("sqlite", "postgresql"):
+        app = create_app(Settings(database_url=data.loaded_database(backend, new_database_url)))
+        runner = app.test_cli_runner()
+        outputs[backend] = []
+        for name in ("funnel", "completions", "failures", "timeline"):
+            for fmt in ("table", "csv", "json"):
+                daily = name in {"funnel", "failures"}
+                for extra in [[], ["--daily"]] if daily else [[]]:
+                    args = ["report", name, *WINDOW, "--format", fmt, *extra]
+                    result = runner.invoke(args=args)
+                    assert result.exit_code == 0, result.output
+                    outputs[backend].append(result.output)
+        app.extensions["webhook"].engine.dispose()
+    assert outputs["sqlite"] == outputs["postgresql"]
+    assert len(outputs["sqlite"]) == 4 * 3 + 2 * 3

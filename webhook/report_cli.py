@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, exc
 from webhook import reports
 from webhook.callbacks import ParseError, parse_time
 from webhook.cli import report
+from webhook.report_sql import tune
 from webhook.state import state
 
 DEFAULT_DAYS = 30
@@ -199,7 +200,7 @@ def read_only(engine: Engine) -> Iterator[Connection]:
         conn = conn.execution_options(sqlite_begin="DEFERRED")
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-        reports.tune(conn)
+        tune(conn)
         yield conn
         conn.rollback()
 

@@ -16,8 +16,6 @@ Functions take a Connection and never commit.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -26,6 +24,16 @@ from sqlalchemy import BindParameter, Boolean, Connection, Float, Integer, Strin
 from sqlalchemy.types import TypeEngine
 
 from webhook.models import JSONType, UTCDateTime
+from webhook.report_sql import (
+    FUNNEL_COUNTS,
+    MATCHED_SEND,
+    day_sql,
+    flow_filter,
+    in_window,
+    lookup_joins,
+    seconds_sql,
+    token_completions,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,137 +48,6 @@ class Report:
     columns: tuple[str, ...]
     rows: list[dict[str, Any]]
 
-
-# ---------------------------------------------------------------- planner settings
-
-# Transaction-local PostgreSQL settings for report queries (see tune()).
-REPORT_SETTINGS = {
-    # The queries take milliseconds: compiling them with JIT costs more than it saves.
-    "jit": "off",
-    # Their lookups hit cached index pages: price random reads as on an SSD (1.1, not
-    # the spinning-disk 4), so joins from a window's rows use the indexes.
-    "random_page_cost": "1.1",
-    # Windows differ in size by orders of magnitude: plan each query for its own.
-    "plan_cache_mode": "force_custom_plan",
-    # Worker start-up costs more than it saves on window-sized work, and takes cores
-    # from the callback endpoint sharing the server.
-    "max_parallel_workers_per_gather": "0",
-}
-# Joins that look up at most one row per row of the window, by a unique key.
-LOOKUP_JOINS = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
-
-
-def _set(conn: Connection, settings: dict[str, str]) -> None:
-    names = list(settings)
-    calls = ", ".join(f"set_config(:n{i}, :v{i}, true)" for i in range(len(names)))
-    params = {f"n{i}": n for i, n in enumerate(names)}
-    params.update({f"v{i}": settings[n] for i, n in enumerate(names)})
-    conn.execute(text(f"SELECT {calls}"), params)
-
-
-def tune(conn: Connection) -> None:
-    """Set REPORT_SETTINGS for the current transaction (PostgreSQL; nothing elsewhere)."""
-    if conn.dialect.name == "postgresql":
-        _set(conn, REPORT_SETTINGS)
-
-
-@contextmanager
-def lookup_joins(conn: Connection) -> Iterator[None]:
-    """Within the block, join by index lookups only (PostgreSQL; nothing elsewhere).
-
-    For a listing that fetches one send per completion, the planner otherwise prefers
-    hashing every send ever made to a few thousand index lookups.
-    """
-    if conn.dialect.name != "postgresql":
-        yield
-        return
-    names = list(LOOKUP_JOINS)
-    current = conn.execute(
-        text("SELECT " + ", ".join(f"current_setting(:n{i})" for i in range(len(names)))),
-        {f"n{i}": n for i, n in enumerate(names)},
-    ).one()
-    _set(conn, LOOKUP_JOINS)
-    try:
-        yield
-    finally:
-        _set(conn, dict(zip(names, current, strict=True)))
-
-
-# ---------------------------------------------------------------- SQL pieces
-
-
-def day_sql(expr: str, dialect: str) -> str:
-    """The UTC calendar day of a timestamp (as the views compute it)."""
-    if dialect == "postgresql":
-        return f"CAST(({expr}) AT TIME ZONE 'UTC' AS DATE)"
-    return f"date({expr})"
-
-
-def seconds_sql(start: str, end: str, dialect: str) -> str:
-    """Seconds from start to end, exact to the microsecond (as the views compute it)."""
-    if dialect == "postgresql":
-        return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) AS DOUBLE PRECISION)"
-    whole = f"(CAST(strftime('%s', {end}) AS INTEGER) - CAST(strftime('%s', {start}) AS INTEGER))"
-    micro = f"(CAST(substr({end}, 21, 6) AS INTEGER) - CAST(substr({start}, 21, 6) AS INTEGER))"
-    return f"(({whole}) * 1000000 + {micro}) / 1000000.0"
-
-
-# The latest accepted send with the completion's flow_token, sent at or before it
-# (fr: flow_responses). Used when the completion's reply_to names no send of ours.
-TOKEN_MATCH = """(SELECT ts.id FROM flow_sends ts
-        WHERE ts.flow_token = fr.flow_token
-          AND ts.message_id IS NOT NULL
-          AND COALESCE(ts.sent_at, ts.submitted_at) <= fr.completed_at
-        ORDER BY COALESCE(ts.sent_at, ts.submitted_at) DESC, ts.id DESC
-        LIMIT 1)"""
-# The send a completion answers (rs: the send whose message_id its reply_to names).
-MATCHED_SEND = f"COALESCE(rs.id, {TOKEN_MATCH})"
-
-
-def in_window(a: str, flow_id: str | None) -> str:
-    """Sends (alias a) of the window; each branch can use its own index (sent_at, submitted_at)."""
-    return (
-        f"(({a}.sent_at >= :since AND {a}.sent_at < :until)"
-        f" OR ({a}.sent_at IS NULL AND {a}.submitted_at >= :since"
-        f" AND {a}.submitted_at < :until)){_flow_filter(flow_id, f'{a}.flow_id')}"
-    )
-
-
-def token_completions(flow_id: str | None) -> str:
-    """(send_id, completed_at) of completions matched by flow_token to sends of the window.
-
-    Only completions whose reply_to names no send of ours fall back to the token. A
-    completion can only be matched to a send made before it, so it is no older than
-    the window. Most completions reply to the very send that carries their token, which
-    the join rules out; the few left are checked one by one, by a scalar subquery that
-    names w so that it runs after the join, not on every completion (x.id <> w.id holds
-    anyway once reply_to <> w.message_id). A completion may come out more than once
-    (a token shared by several sends); callers take DISTINCT or MIN.
-    """
-    return f"""(
-  SELECT {TOKEN_MATCH} AS send_id, fr.completed_at
-  FROM flow_sends w
-  JOIN flow_responses fr ON fr.flow_token = w.flow_token
-  WHERE {in_window("w", flow_id)} AND w.message_id IS NOT NULL
-    AND fr.completed_at >= :since
-    AND (fr.reply_to_message_id IS NULL OR fr.reply_to_message_id <> w.message_id)
-    AND (SELECT x.id FROM flow_sends x
-          WHERE x.message_id = fr.reply_to_message_id AND x.id <> w.id) IS NULL
-)"""
-
-
-FUNNEL_COUNTS = """
-  SUM(CASE WHEN s.send_status <> 'rejected' THEN 1 ELSE 0 END) AS sent,
-  SUM(CASE WHEN s.send_status = 'rejected' THEN 1 ELSE 0 END) AS rejected,
-  SUM(CASE WHEN ms.queued_at IS NOT NULL OR ms.delivered_at IS NOT NULL
-            OR ms.read_at IS NOT NULL THEN 1 ELSE 0 END) AS queued,
-  SUM(CASE WHEN ms.delivered_at IS NOT NULL OR ms.read_at IS NOT NULL
-           THEN 1 ELSE 0 END) AS delivered,
-  SUM(CASE WHEN ms.read_at IS NOT NULL THEN 1 ELSE 0 END) AS read,
-  SUM(CASE WHEN s.message_id IN (SELECT reply_to_message_id FROM flow_responses)
-            OR t.send_id IS NOT NULL THEN 1 ELSE 0 END) AS completed,
-  SUM(CASE WHEN ms.status = 'FAILED' THEN 1 ELSE 0 END) AS failed,
-  SUM(CASE WHEN ms.failed_after_delivery THEN 1 ELSE 0 END) AS failed_after_delivery"""
 
 FUNNEL_COLUMNS = ("sent", "rejected", "queued", "delivered", "read", "completed", "failed",
                   "failed_after_delivery")  # fmt: skip
@@ -208,10 +85,6 @@ def _run(
             gc.enable()
 
 
-def _flow_filter(flow_id: str | None, column: str) -> str:
-    return f" AND {column} = :flow_id" if flow_id is not None else ""
-
-
 def _day_text(value: Any) -> str | None:
     return value.isoformat() if isinstance(value, date) else value
 
@@ -219,6 +92,15 @@ def _day_text(value: Any) -> str | None:
 def _sort_key(*values: Any) -> tuple[Any, ...]:
     # NULLs last, the same on both databases whatever their collation.
     return tuple((v is None, v if v is not None else "") for v in values)
+
+
+def _key_order(value: Any) -> Any:
+    """JSON with every object's keys sorted, so both databases give the same document."""
+    if isinstance(value, dict):
+        return {k: _key_order(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_key_order(v) for v in value]
+    return value
 
 
 def _rate(completed: int, sent: int) -> float | None:
@@ -283,7 +165,7 @@ SELECT
   m.parse_error, m.response
 FROM m
 LEFT JOIN flow_sends s ON s.id = m.send_id
-WHERE 1 = 1{_flow_filter(flow_id, "s.flow_id")}
+WHERE 1 = 1{flow_filter(flow_id, "s.flow_id")}
 ORDER BY m.completed_at, m.message_id"""
     types: dict[str, TypeEngine[Any]] = {
         "completed_at": UTCDateTime(),
@@ -294,6 +176,8 @@ ORDER BY m.completed_at, m.message_id"""
     with lookup_joins(conn):
         rows = _run(conn, sql, window, flow_id, types)
     for row in rows:
+        # JSONB keeps object keys in its own order, SQLite in the order received.
+        row["response"] = _key_order(row["response"])
         if row["seconds_to_complete"] is not None:
             row["seconds_to_complete"] = round(row["seconds_to_complete"], 3)
     return Report("completions", COMPLETION_COLUMNS, rows)
