@@ -111,7 +111,17 @@ def cell(value: Any) -> str:
         return _iso(value)
     if isinstance(value, date):
         return value.isoformat()
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # Keys sorted: JSONB keeps object keys in its own order, SQLite in the order received.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def key_order(value: Any) -> Any:
+    """JSON with every object's keys sorted, so both databases print the same document."""
+    if isinstance(value, dict):
+        return {k: key_order(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [key_order(v) for v in value]
+    return value
 
 
 def _table_cell(value: Any) -> str:
@@ -177,7 +187,7 @@ def render_json(result: reports.Report, window: reports.Window, flow_id: str | N
         "since": _iso(window.since),
         "until": _iso(window.until),
         "flow_id": flow_id,
-        "rows": [{c: plain(row.get(c)) for c in result.columns} for row in result.rows],
+        "rows": [{c: key_order(plain(row.get(c))) for c in result.columns} for row in result.rows],
     }
     return json.dumps(doc, ensure_ascii=False, indent=2)
 

@@ -94,15 +94,6 @@ def _sort_key(*values: Any) -> tuple[Any, ...]:
     return tuple((v is None, v if v is not None else "") for v in values)
 
 
-def _key_order(value: Any) -> Any:
-    """JSON with every object's keys sorted, so both databases give the same document."""
-    if isinstance(value, dict):
-        return {k: _key_order(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_key_order(v) for v in value]
-    return value
-
-
 def _rate(completed: int, sent: int) -> float | None:
     return round(completed / sent, 4) if sent else None
 
@@ -176,8 +167,6 @@ ORDER BY m.completed_at, m.message_id"""
     with lookup_joins(conn):
         rows = _run(conn, sql, window, flow_id, types)
     for row in rows:
-        # JSONB keeps object keys in its own order, SQLite in the order received.
-        row["response"] = _key_order(row["response"])
         if row["seconds_to_complete"] is not None:
             row["seconds_to_complete"] = round(row["seconds_to_complete"], 3)
     return Report("completions", COMPLETION_COLUMNS, rows)
