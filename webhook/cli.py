@@ -18,7 +18,7 @@ db = AppGroup("db", help="Database schema migrations (Alembic).")
 # Feature groups: each feature module attaches its commands with @<group>.command()
 # and is listed in COMMAND_MODULES so that register() imports it.
 events = AppGroup("events", help="Stored callbacks: replay, import, export, retention.")
-report = AppGroup("report", help="Reports on flows: funnel, completions, failures.")
+report = AppGroup("report", help="Reports on flows: funnel, completions, failures, timeline.")
 flows = AppGroup("flows", help="WhatsApp Flows: send messages, manage endpoint keys.")
 contacts = AppGroup("contacts", help="Personal data: erase one person's data.")
 
@@ -82,6 +82,7 @@ COMMAND_MODULES: list[str] = [
     "webhook.flows.send_cli",
     "webhook.retention",
     "webhook.erasure",
+    "webhook.report_cli",
 ]
 
 

@@ -195,6 +195,8 @@ class DeliveryReport(Base):
         UniqueConstraint("kind", "message_id", "status", "channel"),
         Index("ix_delivery_reports_message_id", "message_id"),
         Index("ix_delivery_reports_status_event_time", "status", "event_time"),
+        # Failures without an event_time are placed by received_at (reports, views).
+        Index("ix_delivery_reports_status_received_at", "status", "received_at"),
         Index("ix_delivery_reports_contact_id", "contact_id"),
         Index("ix_delivery_reports_identity", "identity"),
         Index("ix_delivery_reports_source_event_id", "source_event_id"),
@@ -262,6 +264,9 @@ class FlowSend(Base):
         Index("ix_flow_sends_contact_id", "contact_id"),
         Index("ix_flow_sends_identity", "identity"),
         Index("ix_flow_sends_source_event_id", "source_event_id"),
+        # A send's time is coalesce(sent_at, submitted_at); reports filter on each.
+        Index("ix_flow_sends_sent_at", "sent_at"),
+        Index("ix_flow_sends_submitted_at", "submitted_at"),
     )
 
 

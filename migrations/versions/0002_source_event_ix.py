@@ -4,7 +4,7 @@ Deleting raw events (`flask events prune --delete-after`) makes the database set
 source_event_id to NULL in every projection row that points at them; without an
 index that is a full table scan per deleted event.
 
-Revision ID: 0009_source_event_ix
+Revision ID: 0002_source_event_ix
 Revises: 0001_core
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0009_source_event_ix"
+revision: str = "0002_source_event_ix"
 down_revision: str | None = "0001_core"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
