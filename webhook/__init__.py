@@ -33,9 +33,11 @@ def create_app(settings: Settings | None = None, config: Mapping[str, Any] | Non
     app.extensions[EXTENSION_KEY] = AppState(settings, engine, head_revision())
 
     from webhook import cli, metrics, observe, routes
+    from webhook.flows import endpoint as flows_endpoint
 
     app.register_blueprint(routes.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(flows_endpoint.bp)  # loads the Flows keys and handler (start-up)
     observe.init_app(app)
     cli.register(app)
     register_error_handlers(app)

@@ -83,6 +83,7 @@ COMMAND_MODULES: list[str] = [
     "webhook.retention",
     "webhook.erasure",
     "webhook.report_cli",
+    "webhook.flows.keys_cli",
 ]
 
 

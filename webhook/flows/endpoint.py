@@ -1,0 +1,305 @@
+"""POST /flows/data: the WhatsApp Flows data endpoint.
+
+Order (spec §3.4): signature (432) -> decrypt with each key (421) -> ping -> error
+notification (acknowledged) -> flow token check (427, when FLOWS_REQUIRE_KNOWN_TOKEN)
+-> handler -> encrypted answer (200, text/plain base64). Every request is recorded in
+flow_exchanges after the answer has been sent, so recording can neither slow down nor
+fail an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from flask import Blueprint, Flask, Response, current_app, request
+from flask.blueprints import BlueprintSetupState
+from sqlalchemy import Engine, exists, insert, select
+
+from webhook.config import ConfigError, Settings
+from webhook.errors import error_response
+from webhook.flows.crypto import (
+    SIGNATURE_HEADER,
+    DecryptionError,
+    KeyLoadError,
+    decrypt_request,
+    encrypt_response,
+    load_private_keys,
+    signature_matches,
+)
+from webhook.flows.handlers import (
+    PING,
+    FlowRequest,
+    Handler,
+    HandlerConfigError,
+    HandlerError,
+    InvalidToken,
+    load_handler,
+    response_payload,
+)
+from webhook.models import FlowExchange, FlowResponse, FlowSend
+from webhook.state import state
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("flows_data", __name__)
+EXTENSION_KEY = "flows_endpoint"
+
+PING_ANSWER = {"data": {"status": "active"}}
+ACK_ANSWER = {"data": {"acknowledged": True}}
+UNKNOWN_TOKEN_MESSAGE = "This flow is no longer available. Please ask us for a new one."
+COMPLETED_TOKEN_MESSAGE = "This flow was already completed."
+SUCCESS = "SUCCESS"
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """What the endpoint needs, loaded and checked once at start-up."""
+
+    keys: tuple[RSAPrivateKey, ...]
+    app_secrets: tuple[str, ...]
+    handler: Handler | None
+    require_known_token: bool
+    store_data: bool
+    budget_ms: int
+
+
+@dataclass
+class Exchange:
+    """One flow_exchanges row, filled in while the request is handled."""
+
+    received_at: datetime
+    http_status: int = 0
+    flow_token: str | None = None
+    action: str | None = None
+    screen: str | None = None
+    answer_screen: str | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    data: Any = None
+
+
+def configure(settings: Settings) -> EndpointConfig | None:
+    """Load keys and the handler; None when no key is set. ConfigError names the setting."""
+    if not settings.flows_private_keys:
+        return None
+    try:
+        keys = load_private_keys(
+            settings.flows_private_keys, settings.flows_private_key_passphrases
+        )
+    except KeyLoadError as err:
+        setting = "FLOWS_PRIVATE_KEY"
+        if "passphrase" in str(err):
+            setting = "FLOWS_PRIVATE_KEY_PASSPHRASE"
+        raise ConfigError(f"{setting}: {err}") from None
+    handler = None
+    if settings.flows_handler:
+        try:
+            handler = load_handler(settings.flows_handler)
+        except HandlerConfigError as err:
+            raise ConfigError(f"FLOWS_HANDLER: {err}") from None
+    return EndpointConfig(
+        keys=keys,
+        app_secrets=settings.meta_app_secrets,
+        handler=handler,
+        require_known_token=settings.flows_require_known_token,
+        store_data=settings.flows_store_data,
+        budget_ms=settings.flows_handler_budget_ms,
+    )
+
+
+@bp.record_once
+def _load_at_start_up(setup: BlueprintSetupState) -> None:
+    app = setup.app
+    assert isinstance(app, Flask)
+    config = configure(state(app).settings)
+    app.extensions[EXTENSION_KEY] = config
+    if config is None:
+        return
+    if not config.app_secrets:
+        log.warning(
+            "META_APP_SECRET is not set: /flows/data accepts requests WITHOUT checking "
+            "X-Hub-Signature-256. Set it to the Meta app secret."
+        )
+    if config.handler is None:
+        log.warning("FLOWS_HANDLER is not set: /flows/data answers only pings (500 otherwise)")
+
+
+@bp.post("/flows/data")
+def flows_data() -> Response:
+    """Answer one encrypted WhatsApp Flows data-exchange request."""
+    started = time.perf_counter()
+    config: EndpointConfig | None = current_app.extensions.get(EXTENSION_KEY)
+    if config is None:
+        return error_response(
+            503,
+            "flows_not_configured",
+            "the Flows data endpoint is not configured (set FLOWS_PRIVATE_KEY)",
+        )
+    engine = state().engine
+    exchange = Exchange(received_at=datetime.now(UTC))
+    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    status, text = answer(config, engine, body, request.headers.get(SIGNATURE_HEADER), exchange)
+    exchange.http_status = status
+    exchange.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    response = Response(text, status=status, mimetype="text/plain")
+    # Runs once the body has been sent: the answer never waits for, or fails on, the insert.
+    response.call_on_close(partial(record_exchange, engine, exchange))
+    return response
+
+
+def answer(
+    config: EndpointConfig,
+    engine: Engine,
+    body: bytes,
+    signature: str | None,
+    exchange: Exchange,
+) -> tuple[int, str]:
+    """Decide the HTTP status and body for one request, filling in ``exchange``."""
+    if config.app_secrets and not signature_matches(body, signature, config.app_secrets):
+        exchange.error = "signature missing" if not signature else "signature mismatch"
+        return 432, ""
+    try:
+        decrypted = decrypt_request(body, config.keys)
+    except DecryptionError as err:
+        exchange.error = f"cannot decrypt: {err}"
+        log.warning("flows request answered 421: %s", err)
+        return 421, ""
+
+    def seal(payload: dict[str, Any]) -> str:
+        return encrypt_response(payload, decrypted.aes_key, decrypted.iv)
+
+    payload = decrypted.payload
+    action, screen, token = payload.get("action"), payload.get("screen"), payload.get("flow_token")
+    data = payload.get("data")
+    data = {} if data is None else data
+    exchange.action = action if isinstance(action, str) else None
+    exchange.screen = screen if isinstance(screen, str) else None
+    exchange.flow_token = token if isinstance(token, str) else None
+    if config.store_data and payload.get("data") is not None:
+        exchange.data = data
+    if action == PING:
+        return 200, seal(PING_ANSWER)
+    if not isinstance(data, dict):
+        exchange.error = "data is not an object"
+        return 400, ""
+    if "error" in data or "error_key" in data:
+        key = data.get("error", data.get("error_key"))
+        exchange.error = f"client error {key}: {data.get('error_message', '')}"[:1000]
+        log.warning("flows client error %s for flow_token=%s", key, exchange.flow_token)
+        return 200, seal(ACK_ANSWER)
+    if not isinstance(action, str) or not isinstance(screen, str | None):
+        exchange.error = "action or screen is missing or not a string"
+        return 400, ""
+    if config.require_known_token:
+        refused = check_token(engine, exchange.flow_token, exchange)
+        if refused is not None:
+            status, message = refused
+            return status, seal({"error_msg": message}) if message else ""
+    version = _str_or_none(payload.get("version"))
+    req = FlowRequest(action, screen, data, exchange.flow_token, version)
+    return run_handler(config, req, exchange, seal)
+
+
+def run_handler(
+    config: EndpointConfig,
+    req: FlowRequest,
+    exchange: Exchange,
+    seal: Callable[[dict[str, Any]], str],
+) -> tuple[int, str]:
+    """Call the configured handler and encrypt what it answers."""
+    if config.handler is None:
+        exchange.error = "FLOWS_HANDLER is not set"
+        log.error("flows request for flow_token=%s: FLOWS_HANDLER is not set", req.flow_token)
+        return 500, ""
+    started = time.perf_counter()
+    try:
+        result = config.handler(req)
+        if isinstance(result, InvalidToken):
+            exchange.error = "handler: flow token no longer valid"
+            return 427, seal({"error_msg": result.message})
+        payload = response_payload(result, req)
+        text = seal(payload)
+    except Exception as err:
+        # The traceback names the handler's line; the request data is never logged here.
+        exchange.error = f"handler failed: {type(err).__name__}"
+        if isinstance(err, HandlerError):
+            exchange.error = f"handler failed: {err}"
+        log.error(
+            "flows handler failed for flow_token=%s action=%s screen=%s",
+            req.flow_token,
+            req.action,
+            req.screen,
+            exc_info=True,
+        )
+        return 500, ""
+    finally:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if elapsed_ms > config.budget_ms:
+            log.warning(
+                "flows handler took %.0f ms (budget %d ms) for flow_token=%s screen=%s",
+                elapsed_ms,
+                config.budget_ms,
+                req.flow_token,
+                req.screen,
+            )
+    exchange.answer_screen = payload.get("screen")
+    return 200, text
+
+
+def check_token(engine: Engine, token: str | None, exchange: Exchange) -> tuple[int, str] | None:
+    """Refuse a token that no flow send knows or that already completed; None to go on."""
+    if not token:
+        exchange.error = "flow token missing"
+        return 427, UNKNOWN_TOKEN_MESSAGE
+    query = select(
+        exists().where(FlowSend.flow_token == token),
+        exists().where(FlowResponse.flow_token == token),
+        exists().where(
+            FlowExchange.flow_token == token,
+            FlowExchange.answer_screen == SUCCESS,
+            FlowExchange.http_status == 200,
+        ),
+    )
+    try:
+        with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+            known, responded, answered = conn.execute(query).one()
+    except Exception as err:
+        exchange.error = f"token check failed: {type(err).__name__}"
+        log.error("flows token check failed (database): %s", _first_line(err))
+        return 503, ""
+    if not known:
+        exchange.error = "flow token unknown"
+        return 427, UNKNOWN_TOKEN_MESSAGE
+    if responded or answered:
+        exchange.error = "flow token already completed"
+        return 427, COMPLETED_TOKEN_MESSAGE
+    return None
+
+
+def record_exchange(engine: Engine, exchange: Exchange) -> None:
+    """Insert the flow_exchanges row; a failure is logged, never raised."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(FlowExchange).values(**asdict(exchange)))
+    except Exception as err:
+        log.error(
+            "could not record flow exchange (flow_token=%s, status %s): %s",
+            exchange.flow_token,
+            exchange.http_status,
+            _first_line(err),
+        )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
