@@ -8,7 +8,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from tests.helpers import SPEC
+from tests.helpers import SPEC, rows
+from webhook.flows.recording import flush_all
 
 VECTORS = SPEC / "flows-vectors"
 KEYS = json.loads((VECTORS / "keys_and_secrets.json").read_text())
@@ -38,12 +39,12 @@ def aes_key_iv(v: dict[str, Any]) -> tuple[bytes, bytes]:
 
 
 def post_flow(client: FlaskClient, body: bytes | str, signature: str | None = None) -> Any:
-    """POST to /flows/data; buffered, so the response is closed (and recorded) at once."""
+    """POST to /flows/data (signed when ``signature`` is given)."""
     headers = {"Content-Type": "application/json"}
     if signature is not None:
         headers["X-Hub-Signature-256"] = signature
     data = body.encode("utf-8") if isinstance(body, str) else body
-    return client.post("/flows/data", data=data, headers=headers, buffered=True)
+    return client.post("/flows/data", data=data, headers=headers)
 
 
 def post_vector(client: FlaskClient, v: dict[str, Any]) -> Any:
@@ -60,3 +61,9 @@ def flows_settings(*key_files: str, **overrides: Any) -> dict[str, Any]:
     }
     settings.update(overrides)
     return settings
+
+
+def recorded(engine: Any) -> list[dict[str, Any]]:
+    """The flow_exchanges rows, once the background recorders have written them."""
+    flush_all()
+    return rows(engine, "flow_exchanges")

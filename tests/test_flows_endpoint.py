@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,18 +29,27 @@ from tests.flows_helpers import (
     key_path,
     post_flow,
     post_vector,
+    recorded,
     vector,
 )
-from tests.helpers import SECRET, count, fixture_json, post_callback, rows
+from tests.helpers import SECRET, count, fixture_json, post_callback
 from webhook import create_app
 from webhook.config import ConfigError, Settings
 from webhook.flows import crypto
 from webhook.flows.handlers import FlowRequest, NextScreen, Result
+from webhook.flows.recording import flush_all
 
 MakeApp = Callable[..., Flask]
 VECTOR_TOKEN = "ft_7f3c1e9a2b4d4c58a1e0d6b9c2f4a871"
 SENT_TOKEN = "ftk_7QmZ3xRk2vN8pL4sW9aB"  # in message_submit__flows and the nfm_reply fixture
 PUBLIC_KEY = crypto.load_private_key(key_path(), None).public_key()
+
+
+@pytest.fixture
+def make_app(make_app: MakeApp) -> Iterator[MakeApp]:
+    """conftest's make_app, with every queued flow_exchanges row written before cleanup."""
+    yield make_app
+    flush_all()
 
 
 def encrypted(payload: dict[str, Any], public_key: rsa.RSAPublicKey = PUBLIC_KEY) -> Any:
@@ -94,8 +103,8 @@ def test_vectors_in_order_with_every_key_file(
     aes_key, iv = aes_key_iv(v)
     assert crypto.decrypt_response(response.get_data(), aes_key, iv) == alternate["plaintext"]
     assert response.get_data(as_text=True) == alternate["encrypted_body_b64"]
-    recorded = rows(engine, "flow_exchanges")
-    assert [(r["action"], r["screen"], r["answer_screen"], r["http_status"]) for r in recorded] == [
+    written = recorded(engine)
+    assert [(r["action"], r["screen"], r["answer_screen"], r["http_status"]) for r in written] == [
         ("ping", None, None, 200),
         ("INIT", None, "APPOINTMENT", 200),
         ("data_exchange", "SUMMARY", "SUCCESS", 200),
@@ -104,11 +113,11 @@ def test_vectors_in_order_with_every_key_file(
         ("data_exchange", "DETAILS", "DETAILS", 200),
         ("data_exchange", "SUMMARY", None, 427),
     ]
-    assert [r["flow_token"] for r in recorded[1:]] == [VECTOR_TOKEN] * 6
-    assert recorded[4]["error"].startswith("client error invalid-screen-transition: Screen SUMMRY")
-    assert all(r["latency_ms"] is not None and r["latency_ms"] >= 0 for r in recorded)
-    assert all(r["data"] is None for r in recorded)  # FLOWS_STORE_DATA is off
-    assert all(r["received_at"].tzinfo is not None for r in recorded)
+    assert [r["flow_token"] for r in written[1:]] == [VECTOR_TOKEN] * 6
+    assert written[4]["error"].startswith("client error invalid-screen-transition: Screen SUMMRY")
+    assert all(r["latency_ms"] is not None and r["latency_ms"] >= 0 for r in written)
+    assert all(r["data"] is None for r in written)  # FLOWS_STORE_DATA is off
+    assert all(r["received_at"].tzinfo is not None for r in written)
 
 
 @pytest.mark.parametrize("case", NEGATIVE_CASES, ids=lambda c: c["name"])
@@ -119,7 +128,7 @@ def test_negative_cases_are_refused_with_an_empty_body(
     response = post_flow(client, case["http_body"], case["x_hub_signature_256"])
     assert response.status_code == case["expected_http_status"]
     assert response.get_data() == b""
-    [row] = rows(engine, "flow_exchanges")
+    [row] = recorded(engine)
     assert row["http_status"] == case["expected_http_status"]
     assert row["action"] is None
     assert row["error"].startswith("signature" if row["http_status"] == 432 else "cannot decrypt")
@@ -159,7 +168,7 @@ def test_signature_on_refuses_a_missing_header(make_app: MakeApp, engine: Engine
     response = post_flow(client, vector("01_ping")["request"]["http_body"])
     assert response.status_code == 432
     assert response.get_data() == b""
-    assert rows(engine, "flow_exchanges")[0]["error"] == "signature missing"
+    assert recorded(engine)[0]["error"] == "signature missing"
 
 
 def test_any_configured_app_secret_matches(make_app: MakeApp) -> None:
@@ -194,7 +203,7 @@ def test_unknown_token_with_the_check_on_answers_427_encrypted(
     status, answer = exchange(client, {"version": "3.0", "action": "INIT"})  # no token at all
     assert status == 427
     assert "error_msg" in answer
-    assert [r["error"] for r in rows(engine, "flow_exchanges")] == [
+    assert [r["error"] for r in recorded(engine)] == [
         "flow token unknown",
         "flow token missing",
     ]
@@ -214,7 +223,7 @@ def test_error_key_notification_is_acknowledged(make_app: MakeApp, engine: Engin
     payload = {"version": "3.0", "action": "INIT", "screen": "DETAILS", "flow_token": "t",
                "data": {"error_key": "payload-schema-error", "error_message": "bad"}}  # fmt: skip
     assert exchange(client, payload) == (200, {"data": {"acknowledged": True}})
-    [row] = rows(engine, "flow_exchanges")
+    [row] = recorded(engine)
     assert row["error"] == "client error payload-schema-error: bad"
     assert row["answer_screen"] is None
 
@@ -231,13 +240,15 @@ def test_known_token_passes_until_the_flow_is_completed(make_app: MakeApp, engin
     assert (status, answer["screen"]) == (200, "APPOINTMENT")
     status, answer = exchange(client, summary(SENT_TOKEN))
     assert (status, answer["screen"]) == (200, "SUCCESS")
-    # An exchange answered SUCCESS completes the token for the endpoint's own check.
+    # An exchange answered SUCCESS completes the token for the endpoint's own check
+    # (once its row is written: a few milliseconds after the answer).
+    flush_all()
     status, answer = exchange(
         client, {"version": "3.0", "action": "BACK", "flow_token": SENT_TOKEN}
     )
     assert status == 427
     assert answer == {"error_msg": "This flow was already completed."}
-    assert rows(engine, "flow_exchanges")[-1]["error"] == "flow token already completed"
+    assert recorded(engine)[-1]["error"] == "flow token already completed"
 
 
 def test_a_flow_response_row_completes_the_token(make_app: MakeApp) -> None:
@@ -276,6 +287,7 @@ def test_completion_here_joins_its_flow_response_by_token(
     reply = inbound["message"]["contact_message"]["channel_specific_message"]["message"]
     reply["nfm_reply"]["response_json"] = json.dumps(params)
     assert post_callback(client, json.dumps(inbound).encode()).status_code == 200
+    flush_all()
     with engine.connect() as conn:
         joined = conn.execute(
             text(
@@ -327,7 +339,7 @@ def test_handler_error_answers_500_and_logs_the_token_not_the_data(
     assert "flow_token=tok-500" in record.getMessage()
     assert record.exc_info is not None
     assert "private@example.com" not in caplog.text
-    [row] = rows(engine, "flow_exchanges")
+    [row] = recorded(engine)
     assert (row["http_status"], row["error"]) == (500, "handler failed: RuntimeError")
 
 
@@ -343,7 +355,7 @@ def test_unusable_handler_results_answer_500(
 ) -> None:
     client = make_app(**flows_settings(flows_handler=f"{__name__}:{handler}")).test_client()
     assert exchange(client, {"action": "INIT", "flow_token": "t"}) == (500, None)
-    assert rows(engine, "flow_exchanges")[0]["error"] == error
+    assert recorded(engine)[0]["error"] == error
 
 
 def test_slow_handler_is_logged(make_app: MakeApp, caplog: pytest.LogCaptureFixture) -> None:
@@ -398,7 +410,7 @@ def test_key_rotation_decrypts_requests_for_either_key(make_app: MakeApp, engine
     # A key neither of them holds still answers 421.
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     assert exchange(client, {"action": "ping"}, public_key=other.public_key()) == (421, None)
-    assert [r["http_status"] for r in rows(engine, "flow_exchanges")] == [200, 200, 421]
+    assert [r["http_status"] for r in recorded(engine)] == [200, 200, 421]
 
 
 def test_round_trip_encrypted_as_whatsapp_does(make_app: MakeApp, tmp_path: Any) -> None:
@@ -457,7 +469,7 @@ def test_submitted_data_is_stored_only_when_enabled(make_app: MakeApp, engine: E
                "data": {"name": "Ana", "email": "ana@example.com"}}  # fmt: skip
     exchange(make_app(**flows_settings()).test_client(), payload)
     exchange(make_app(**flows_settings(flows_store_data=True)).test_client(), payload)
-    stored = [r["data"] for r in rows(engine, "flow_exchanges")]
+    stored = [r["data"] for r in recorded(engine)]
     assert stored[0] is None
     assert (json.loads(stored[1]) if isinstance(stored[1], str) else stored[1]) == payload["data"]
 
@@ -471,11 +483,12 @@ def test_a_failed_insert_does_not_change_the_answer(
     empty = new_database_url(backend)  # no tables: the flow_exchanges insert fails
     client = make_app(**flows_settings(database_url=empty)).test_client()
     v = vector("02_init")
-    with caplog.at_level(logging.ERROR, logger="webhook.flows.endpoint"):
+    with caplog.at_level(logging.ERROR, logger="webhook.flows.recording"):
         response = post_vector(client, v)
-    assert response.status_code == 200
-    assert response.get_data(as_text=True) == v["response"]["encrypted_body_b64"]
-    assert f"could not record flow exchange (flow_token={VECTOR_TOKEN}" in caplog.text
+        assert response.status_code == 200
+        assert response.get_data(as_text=True) == v["response"]["encrypted_body_b64"]
+        flush_all()
+    assert f"could not record 1 flow exchange(s) (flow_token={VECTOR_TOKEN})" in caplog.text
 
 
 # --- configuration --------------------------------------------------------------------
@@ -491,7 +504,7 @@ def test_without_keys_the_endpoint_says_it_is_not_configured(client: Any, engine
     # The callback endpoint works without any Flows setting.
     body = json.dumps(fixture_json("message_inbound__text")).encode()
     assert post_callback(client, body).status_code == 200
-    assert count(engine, "flow_exchanges") == 0
+    assert recorded(engine) == []
 
 
 @pytest.mark.parametrize(

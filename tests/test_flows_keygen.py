@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from click.testing import Result
 from flask import Flask
 
@@ -14,6 +15,16 @@ from tests.flows_helpers import flows_settings, post_flow
 from webhook import create_app
 from webhook.config import Settings
 from webhook.flows import crypto
+from webhook.flows.recording import flush_all
+
+MakeApp = Callable[..., Flask]
+
+
+@pytest.fixture
+def make_app(make_app: MakeApp) -> Iterator[MakeApp]:
+    """conftest's make_app, with every queued flow_exchanges row written before cleanup."""
+    yield make_app
+    flush_all()
 
 
 def cli_app(tmp_path: Path) -> Flask:

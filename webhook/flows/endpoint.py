@@ -3,8 +3,8 @@
 Order (spec §3.4): signature (432) -> decrypt with each key (421) -> ping -> error
 notification (acknowledged) -> flow token check (427, when FLOWS_REQUIRE_KNOWN_TOKEN)
 -> handler -> encrypted answer (200, text/plain base64). Every request is recorded in
-flow_exchanges after the answer has been sent, so recording can neither slow down nor
-fail an answer.
+flow_exchanges by a background writer (see recording.py), so recording can neither
+slow down nor fail an answer.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from flask import Blueprint, Flask, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
-from sqlalchemy import Engine, exists, insert, select
+from sqlalchemy import Engine, exists, select
 
 from webhook.config import ConfigError, Settings
 from webhook.errors import error_response
@@ -43,6 +42,7 @@ from webhook.flows.handlers import (
     load_handler,
     response_payload,
 )
+from webhook.flows.recording import ExchangeRecorder
 from webhook.models import FlowExchange, FlowResponse, FlowSend
 from webhook.state import state
 
@@ -68,6 +68,14 @@ class EndpointConfig:
     require_known_token: bool
     store_data: bool
     budget_ms: int
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The loaded configuration and the recorder of one app."""
+
+    config: EndpointConfig
+    recorder: ExchangeRecorder
 
 
 @dataclass
@@ -119,9 +127,10 @@ def _load_at_start_up(setup: BlueprintSetupState) -> None:
     app = setup.app
     assert isinstance(app, Flask)
     config = configure(state(app).settings)
-    app.extensions[EXTENSION_KEY] = config
     if config is None:
+        app.extensions[EXTENSION_KEY] = None
         return
+    app.extensions[EXTENSION_KEY] = Endpoint(config, ExchangeRecorder(state(app).engine))
     if not config.app_secrets:
         log.warning(
             "META_APP_SECRET is not set: /flows/data accepts requests WITHOUT checking "
@@ -135,23 +144,21 @@ def _load_at_start_up(setup: BlueprintSetupState) -> None:
 def flows_data() -> Response:
     """Answer one encrypted WhatsApp Flows data-exchange request."""
     started = time.perf_counter()
-    config: EndpointConfig | None = current_app.extensions.get(EXTENSION_KEY)
-    if config is None:
+    endpoint: Endpoint | None = current_app.extensions.get(EXTENSION_KEY)
+    if endpoint is None:
         return error_response(
             503,
             "flows_not_configured",
             "the Flows data endpoint is not configured (set FLOWS_PRIVATE_KEY)",
         )
-    engine = state().engine
     exchange = Exchange(received_at=datetime.now(UTC))
     body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
-    status, text = answer(config, engine, body, request.headers.get(SIGNATURE_HEADER), exchange)
+    signature = request.headers.get(SIGNATURE_HEADER)
+    status, text = answer(endpoint.config, state().engine, body, signature, exchange)
     exchange.http_status = status
     exchange.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    response = Response(text, status=status, mimetype="text/plain")
-    # Runs once the body has been sent: the answer never waits for, or fails on, the insert.
-    response.call_on_close(partial(record_exchange, engine, exchange))
-    return response
+    endpoint.recorder.submit(asdict(exchange))
+    return Response(text, status=status, mimetype="text/plain")
 
 
 def answer(
@@ -281,20 +288,6 @@ def check_token(engine: Engine, token: str | None, exchange: Exchange) -> tuple[
         exchange.error = "flow token already completed"
         return 427, COMPLETED_TOKEN_MESSAGE
     return None
-
-
-def record_exchange(engine: Engine, exchange: Exchange) -> None:
-    """Insert the flow_exchanges row; a failure is logged, never raised."""
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(FlowExchange).values(**asdict(exchange)))
-    except Exception as err:
-        log.error(
-            "could not record flow exchange (flow_token=%s, status %s): %s",
-            exchange.flow_token,
-            exchange.http_status,
-            _first_line(err),
-        )
 
 
 def _str_or_none(value: Any) -> str | None:
