@@ -475,6 +475,15 @@ def test_submitted_data_is_stored_only_when_enabled(make_app: MakeApp, engine: E
     assert (json.loads(stored[1]) if isinstance(stored[1], str) else stored[1]) == payload["data"]
 
 
+def test_long_values_are_clipped_to_their_columns(make_app: MakeApp, engine: Engine) -> None:
+    client = make_app(**flows_settings()).test_client()
+    payload = {"action": "INIT", "screen": "S" * 300, "flow_token": "t" * 400}
+    status, answer = exchange(client, payload)
+    assert (status, answer["screen"]) == (200, "APPOINTMENT")
+    [written] = recorded(engine)
+    assert (written["flow_token"], written["screen"]) == ("t" * 255, "S" * 128)
+
+
 def test_a_failed_insert_does_not_change_the_answer(
     make_app: MakeApp,
     new_database_url: Callable[[str], str],

@@ -75,3 +75,15 @@ def test_a_failed_insert_is_logged_and_counted(
     assert recorder.failed == 2
     assert "could not record" in caplog.text
     assert "tok-a" in caplog.text
+
+
+def test_a_refused_row_does_not_lose_its_batch(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = ExchangeRecorder(engine)
+    bad = {**row("bad"), "http_status": None}  # NOT NULL: the database refuses it
+    with caplog.at_level(logging.ERROR, logger="webhook.flows.recording"):
+        recorder._write([row("a"), bad, row("b")])
+    assert [r["flow_token"] for r in rows(engine, "flow_exchanges")] == ["a", "b"]
+    assert recorder.failed == 1
+    assert "could not record 1 flow exchange(s) (flow_token=bad)" in caplog.text

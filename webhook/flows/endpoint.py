@@ -186,9 +186,10 @@ def answer(
     action, screen, token = payload.get("action"), payload.get("screen"), payload.get("flow_token")
     data = payload.get("data")
     data = {} if data is None else data
-    exchange.action = action if isinstance(action, str) else None
-    exchange.screen = screen if isinstance(screen, str) else None
-    exchange.flow_token = token if isinstance(token, str) else None
+    # Clipped to the column sizes, so an oversized value cannot fail the row's insert.
+    exchange.action = action[:32] if isinstance(action, str) else None
+    exchange.screen = screen[:128] if isinstance(screen, str) else None
+    exchange.flow_token = token[:255] if isinstance(token, str) else None
     if config.store_data and payload.get("data") is not None:
         exchange.data = data
     if action == PING:
@@ -210,7 +211,7 @@ def answer(
             status, message = refused
             return status, seal({"error_msg": message}) if message else ""
     version = _str_or_none(payload.get("version"))
-    req = FlowRequest(action, screen, data, exchange.flow_token, version)
+    req = FlowRequest(action, screen, data, token if isinstance(token, str) else None, version)
     return run_handler(config, req, exchange, seal)
 
 
@@ -256,7 +257,8 @@ def run_handler(
                 req.flow_token,
                 req.screen,
             )
-    exchange.answer_screen = payload.get("screen")
+    answer_screen = payload.get("screen")
+    exchange.answer_screen = answer_screen[:128] if isinstance(answer_screen, str) else None
     return 200, text
 
 

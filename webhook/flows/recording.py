@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert
 
+from webhook.ingest import UNAVAILABLE_ERRORS
 from webhook.models import FlowExchange
 
 log = logging.getLogger(__name__)
@@ -102,16 +103,28 @@ class ExchangeRecorder:
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(FlowExchange), [dict(row) for row in batch])
+            return
+        except UNAVAILABLE_ERRORS as err:
+            self._give_up(batch, err)  # the database is away: do not hammer it row by row
+            return
         except Exception as err:
-            self.failed += len(batch)
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            tokens = ", ".join(sorted({str(r.get("flow_token")) for r in batch})[:5])
-            log.error(
-                "could not record %d flow exchange(s) (flow_token=%s): %s",
-                len(batch),
-                tokens,
-                first,
-            )
+            if len(batch) == 1:
+                self._give_up(batch, err)
+                return
+        # One row the database refuses must not lose the rest of its batch.
+        for row in batch:
+            self._write([row])
+
+    def _give_up(self, batch: list[Mapping[str, Any]], err: BaseException) -> None:
+        self.failed += len(batch)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        tokens = ", ".join(sorted({str(r.get("flow_token")) for r in batch})[:5])
+        log.error(
+            "could not record %d flow exchange(s) (flow_token=%s): %s",
+            len(batch),
+            tokens,
+            first,
+        )
 
 
 @atexit.register
