@@ -69,10 +69,13 @@ class RunResult:
     concurrency: int | None
     rate: float | None
     latencies_ms: list[float] = field(default_factory=list)
+    # Open loop: how late the client itself started each send (its own CPU starvation).
+    lags_ms: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0
     wall_s: float = 0.0
     client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
     bad_answers: int = 0
     load_before: str = ""
     load_after: str = ""
@@ -81,8 +84,9 @@ class RunResult:
         lat = sorted(self.latencies_ms)
         done = len(lat)
 
-        def pct(p: float) -> float:
-            return lat[min(done - 1, max(0, round(p / 100 * done + 0.5) - 1))] if lat else 0
+        def pct(p: float, values: list[float] = lat) -> float:
+            n = len(values)
+            return values[min(n - 1, max(0, round(p / 100 * n + 0.5) - 1))] if values else 0
 
         return {
             "name": self.name,
@@ -96,10 +100,12 @@ class RunResult:
             "p90_ms": round(pct(90), 2),
             "p99_ms": round(pct(99), 2),
             "max_ms": round(lat[-1], 2) if lat else 0,
+            "client_lag_p99_ms": round(pct(99, sorted(self.lags_ms)), 2),
             "statuses": self.statuses,
             "errors": self.errors,
             "bad_answers": self.bad_answers,
             "client_cpu_pct": round(100 * self.client_cpu_s / self.wall_s, 1) if self.wall_s else 0,
+            "server_cpu_ms_per_request": round(1000 * self.server_cpu_s / done, 3) if done else 0,
             "load_before": self.load_before,
             "load_after": self.load_after,
         }
@@ -107,6 +113,29 @@ class RunResult:
 
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def tree_cpu_seconds(root_pid: int) -> float:
+    """CPU time (user + system) of a process and its direct children (gunicorn workers)."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(entry) == root_pid or int(fields[1]) == root_pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(max_load: float, max_wait: float) -> None:
+    """Wait (bounded) until the 1-minute load average drops below ``max_load``."""
+    deadline = time.time() + max_wait
+    while time.time() < deadline and float(loadavg().split()[0]) >= max_load:
+        time.sleep(5)
 
 
 def free_port() -> int:
@@ -222,6 +251,7 @@ async def open_loop(
     async def one(i: int) -> None:
         scheduled = start + i / rate
         await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        result.lags_ms.append((time.perf_counter() - scheduled) * 1000)
         try:
             status, body = await send(port, reqs[i])
         except OSError:
@@ -241,12 +271,14 @@ def run(
     port: int,
     reqs: list[Prepared],
     *,
+    server_pid: int,
     clients: int | None = None,
     rate: float | None = None,
     duration: float,
 ) -> RunResult:
     result = RunResult(name, setup, mode, clients, rate, load_before=loadavg())
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    server0 = tree_cpu_seconds(server_pid)
     t0 = time.perf_counter()
     if mode == "open":
         assert rate is not None
@@ -254,6 +286,8 @@ def run(
     else:
         answers = asyncio.run(closed_loop(port, reqs, clients or 1, duration, result))
     result.wall_s = time.perf_counter() - t0
+    time.sleep(0.5)  # the workers' last background inserts count too
+    result.server_cpu_s = tree_cpu_seconds(server_pid) - server0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     result.client_cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     result.load_after = loadavg()
@@ -378,65 +412,87 @@ def max_id(url: str) -> int:
 # --- main -----------------------------------------------------------------------------
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--setups", default="sync:2:1,sync:4:1,gthread:2:4",
-                        help="worker_class:workers:threads, comma-separated")  # fmt: skip
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--rates", default="100,200", help="open-loop rates (req/s)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
-    parser.add_argument("--serial", type=int, default=300, help="serial requests (service time)")
-    parser.add_argument("--database-url", default="",
-                        help="PostgreSQL server: a throwaway database is made there")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=6)
-    args = parser.parse_args()
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    add = parser.add_argument
+    add("--setups", default="sync:2:1,sync:4:1,gthread:2:4",
+        help="gunicorn worker_class:workers:threads, comma-separated")  # fmt: skip
+    add("--clients", type=int, default=50, help="closed-loop clients")
+    add("--rates", default="100,200", help="open-loop rates (req/s), comma-separated")
+    add("--duration", type=float, default=10.0, help="seconds per run")
+    add("--serial", type=int, default=300, help="requests sent one at a time (service time)")
+    add("--database-url", default="", help="PostgreSQL server: a throwaway database is made there")
+    add("--seed", type=int, default=6)
+    add("--max-load", type=float, default=2.0, help="wait for the 1-min load to drop below this")
+    add("--max-wait", type=float, default=120.0, help="...but at most this many seconds")
+    add("--rounds", type=int, default=1, help="repeat the setups, interleaved, this many times")
+    return parser.parse_args()
 
+
+def bench_setup(
+    args: argparse.Namespace, setup: str, workdir: Path, url: str, public_key: Any
+) -> list[dict[str, Any]]:
+    """Start gunicorn with one worker setup, run serial, closed and open loops, stop it."""
+    rates = [float(r) for r in args.rates.split(",") if r]
+    server = Server(workdir, url, setup)
+    results = []
+    try:
+        pid, port = server.proc.pid, server.port
+        need = 200 + args.serial + int(args.duration * (2500 + sum(rates)))
+        pool = prepare(need, public_key, port, args.seed)
+        run("warm-up", setup, "closed", port, pool[:200], server_pid=pid, clients=4, duration=30)
+        used = 200
+        plan: list[tuple[str, dict[str, Any]]] = [
+            ("serial", {"mode": "closed", "clients": 1}),
+            (f"closed {args.clients}", {"mode": "closed", "clients": args.clients}),
+            *((f"open {r:g}/s", {"mode": "open", "rate": r}) for r in rates),
+        ]
+        for name, kw in plan:
+            before = max_id(url)
+            batch = pool[used : used + args.serial] if name == "serial" else pool[used:]
+            kw.update(port=port, reqs=batch, server_pid=pid, duration=args.duration)
+            res = run(name, setup, **kw)
+            used += len(res.latencies_ms) + res.errors
+            time.sleep(1.0)  # let the last background inserts land
+            summary = {**res.summary(), **server_latency(url, before)}
+            results.append(summary)
+            print_row(summary)
+    finally:
+        server.stop()
+    return results
+
+
+def main() -> None:
+    args = parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-flows-"))
     key_pem, _ = crypto.generate_key_pair(PASSPHRASE)
     (workdir / "flows_private_key.pem").write_bytes(key_pem)
     public_key = crypto.load_private_key(key_pem, PASSPHRASE).public_key()
     url, cleanup = make_database(workdir, args.database_url or None)
     backend = "postgresql" if args.database_url else "sqlite"
-    rates = [float(r) for r in args.rates.split(",") if r]
     results: list[dict[str, Any]] = []
     print(f"# flows endpoint benchmark: {backend}, {os.cpu_count()} CPUs, load {loadavg()}")
+    print(
+        "| setup | run | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | "
+        "client lag p99 ms | server p50 / p99 ms | answers | server CPU ms/req | client CPU | "
+        "load before -> after |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     try:
-        for setup in args.setups.split(","):
-            server = Server(workdir, url, setup)
-            try:
-                port = server.port
-                need = int(args.duration * 2000) + args.serial + 200
-                reqs = prepare(need, public_key, port, args.seed)
-                run("warm-up", setup, "closed", port, reqs[:200], clients=4, duration=30)
-                reqs = reqs[200:]
-                plan: list[tuple[str, dict[str, Any]]] = [
-                    ("serial", {"mode": "closed", "clients": 1}),
-                    (f"closed {args.clients}", {"mode": "closed", "clients": args.clients}),
-                    *((f"open {r:g}/s", {"mode": "open", "rate": r}) for r in rates),
-                ]
-                for name, kw in plan:
-                    before = max_id(url)
-                    batch = reqs[: args.serial] if name == "serial" else reqs
-                    reqs = reqs[len(batch) :] if name == "serial" else reqs
-                    res = run(name, setup, duration=args.duration, port=port, reqs=batch, **kw)
-                    used = len(res.latencies_ms) + res.errors
-                    if name != "serial":
-                        reqs = reqs[used:]
-                    time.sleep(1.0)  # let the last inserts (after each answer) land
-                    summary = {**res.summary(), **server_latency(url, before), "backend": backend}
-                    results.append(summary)
-                    print_row(summary)
-            finally:
-                server.stop()
+        for round_no in range(1, args.rounds + 1):
+            for setup in args.setups.split(","):
+                wait_for_quiet(args.max_load, args.max_wait)
+                for summary in bench_setup(args, setup, workdir, url, public_key):
+                    results.append({**summary, "backend": backend, "round": round_no})
         print(f"flow_exchanges rows: {count_exchanges(url)}; load after: {loadavg()}")
     finally:
         if cleanup:
             cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     (out / f"flows-{backend}-{stamp}.json").write_text(json.dumps(results, indent=2))
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def print_row(s: dict[str, Any]) -> None:
@@ -444,9 +500,11 @@ def print_row(s: dict[str, Any]) -> None:
     print(
         f"| {s['setup']} | {s['name']} | {s['requests']} | {s['throughput_rps']} | "
         f"{s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} | {s['max_ms']} | "
+        f"{s['client_lag_p99_ms'] if s['mode'] == 'open' else ''} | "
         f"{s.get('server_p50_ms', '')} / {s.get('server_p99_ms', '')} | "
         f"{ok}/{s['requests']} ok, {s['bad_answers']} bad, {s['errors']} errors | "
-        f"{s['client_cpu_pct']}% | {s['load_before']} -> {s['load_after']} |",
+        f"{s['server_cpu_ms_per_request']} | {s['client_cpu_pct']}% | "
+        f"{s['load_before']} -> {s['load_after']} |",
         flush=True,
     )
 

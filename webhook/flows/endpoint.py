@@ -137,7 +137,10 @@ def _load_at_start_up(setup: BlueprintSetupState) -> None:
             "X-Hub-Signature-256. Set it to the Meta app secret."
         )
     if config.handler is None:
-        log.warning("FLOWS_HANDLER is not set: /flows/data answers only pings (500 otherwise)")
+        log.warning(
+            "FLOWS_HANDLER is not set: /flows/data answers pings and error notifications "
+            "only (500 otherwise)"
+        )
 
 
 @bp.post("/flows/data")
