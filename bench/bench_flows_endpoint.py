@@ -489,10 +489,26 @@ def main() -> None:
         if cleanup:
             cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
+    if args.rounds > 1:
+        print_medians(results)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     (out / f"flows-{backend}-{stamp}.json").write_text(json.dumps(results, indent=2))
+
+
+def print_medians(results: list[dict[str, Any]]) -> None:
+    """Median over the rounds of each (setup, run): the neighbours' load varies a lot."""
+    print("\nmedians over rounds")
+    print("| setup | run | req/s | p50 ms | p90 ms | p99 ms | server CPU ms/req |")
+    print("|---|---|---|---|---|---|---|")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["setup"], r["name"]), []).append(r)
+    for (setup, name), rs in groups.items():
+        cols = ["throughput_rps", "p50_ms", "p90_ms", "p99_ms", "server_cpu_ms_per_request"]
+        medians = [sorted(r[c] for r in rs)[len(rs) // 2] for c in cols]
+        print(f"| {setup} | {name} | " + " | ".join(str(m) for m in medians) + " |")
 
 
 def print_row(s: dict[str, Any]) -> None:
