@@ -540,3 +540,34 @@ def test_bad_flows_settings_fail_at_start_up(
     with pytest.raises(ConfigError) as err:
         create_app(settings)
     assert str(err.value).startswith(message)
+
+
+# --- metrics and the request log (see webhook/observe.py) -----------------------------
+
+
+def test_each_request_is_counted_and_logged_with_a_short_code(
+    make_app: MakeApp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def count_of(action: str, status: str) -> float:
+        labels = {"action": action, "status": status}
+        return REGISTRY.get_sample_value("flowhooks_flow_requests_total", labels) or 0.0
+
+    client = make_app(**flows_settings(log_format="json")).test_client()
+    before = count_of("INIT", "427"), count_of("ping", "200"), count_of("other", "432")
+    capsys.readouterr()
+    post_vector(client, vector("01_ping"))
+    post_flow(client, vector("01_ping")["request"]["http_body"], "sha256=00")
+    refused = make_app(**flows_settings(flows_require_known_token=True, log_format="json"))
+    post_vector(refused.test_client(), vector("02_init"))
+    after = count_of("INIT", "427"), count_of("ping", "200"), count_of("other", "432")
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
+    logged = capsys.readouterr().err
+    lines = [json.loads(line) for line in logged.splitlines() if '"flow_exchange"' in line]
+    assert [(r["action"], r["http_status"], r.get("error")) for r in lines] == [
+        ("ping", 200, None),
+        ("other", 432, "signature_mismatch"),
+        ("INIT", 427, "token_unknown"),
+    ]
+    assert VECTOR_TOKEN not in "".join(json.dumps(r) for r in lines)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +44,7 @@ from webhook.flows.handlers import (
 )
 from webhook.flows.recording import ExchangeRecorder
 from webhook.models import FlowExchange, FlowResponse, FlowSend
+from webhook.observe import record_flow_exchange
 from webhook.state import state
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,17 @@ class Exchange:
     latency_ms: float | None = None
     error: str | None = None
     data: Any = None
+    code: str | None = field(default=None, repr=False)  # for logs and metrics, not stored
+
+    def fail(self, code: str, detail: str) -> None:
+        """Say why the request was refused or failed: a short code and the row's text."""
+        self.code, self.error = code, detail
+
+    def row(self) -> dict[str, Any]:
+        """The flow_exchanges columns."""
+        values = asdict(self)
+        del values["code"]
+        return values
 
 
 def configure(settings: Settings) -> EndpointConfig | None:
@@ -158,9 +170,11 @@ def flows_data() -> Response:
     body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
     signature = request.headers.get(SIGNATURE_HEADER)
     status, text = answer(endpoint.config, state().engine, body, signature, exchange)
+    seconds = time.perf_counter() - started
     exchange.http_status = status
-    exchange.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    endpoint.recorder.submit(asdict(exchange))
+    exchange.latency_ms = round(seconds * 1000, 3)
+    endpoint.recorder.submit(exchange.row())
+    record_flow_exchange(exchange.action, status, seconds, exchange.screen, exchange.code)
     return Response(text, status=status, mimetype="text/plain")
 
 
@@ -173,12 +187,13 @@ def answer(
 ) -> tuple[int, str]:
     """Decide the HTTP status and body for one request, filling in ``exchange``."""
     if config.app_secrets and not signature_matches(body, signature, config.app_secrets):
-        exchange.error = "signature missing" if not signature else "signature mismatch"
+        reason = "signature_missing" if not signature else "signature_mismatch"
+        exchange.fail(reason, reason.replace("_", " "))
         return 432, ""
     try:
         decrypted = decrypt_request(body, config.keys)
     except DecryptionError as err:
-        exchange.error = f"cannot decrypt: {err}"
+        exchange.fail("decryption_failed", f"cannot decrypt: {err}")
         log.warning("flows request answered 421: %s", err)
         return 421, ""
 
@@ -198,15 +213,15 @@ def answer(
     if action == PING:
         return 200, seal(PING_ANSWER)
     if not isinstance(data, dict):
-        exchange.error = "data is not an object"
+        exchange.fail("invalid_payload", "data is not an object")
         return 400, ""
     if "error" in data or "error_key" in data:
         key = data.get("error", data.get("error_key"))
-        exchange.error = f"client error {key}: {data.get('error_message', '')}"[:1000]
+        exchange.fail("client_error", f"client error {key}: {data.get('error_message', '')}"[:1000])
         log.warning("flows client error %s for flow_token=%s", key, exchange.flow_token)
         return 200, seal(ACK_ANSWER)
     if not isinstance(action, str) or not isinstance(screen, str | None):
-        exchange.error = "action or screen is missing or not a string"
+        exchange.fail("invalid_payload", "action or screen is missing or not a string")
         return 400, ""
     if config.require_known_token:
         refused = check_token(engine, exchange.flow_token, exchange)
@@ -226,22 +241,21 @@ def run_handler(
 ) -> tuple[int, str]:
     """Call the configured handler and encrypt what it answers."""
     if config.handler is None:
-        exchange.error = "FLOWS_HANDLER is not set"
+        exchange.fail("handler_missing", "FLOWS_HANDLER is not set")
         log.error("flows request for flow_token=%s: FLOWS_HANDLER is not set", req.flow_token)
         return 500, ""
     started = time.perf_counter()
     try:
         result = config.handler(req)
         if isinstance(result, InvalidToken):
-            exchange.error = "handler: flow token no longer valid"
+            exchange.fail("token_refused", "handler: flow token no longer valid")
             return 427, seal({"error_msg": result.message})
         payload = response_payload(result, req)
         text = seal(payload)
     except Exception as err:
         # The traceback names the handler's line; the request data is never logged here.
-        exchange.error = f"handler failed: {type(err).__name__}"
-        if isinstance(err, HandlerError):
-            exchange.error = f"handler failed: {err}"
+        detail = str(err) if isinstance(err, HandlerError) else type(err).__name__
+        exchange.fail("handler_error", f"handler failed: {detail}")
         log.error(
             "flows handler failed for flow_token=%s action=%s screen=%s",
             req.flow_token,
@@ -268,7 +282,7 @@ def run_handler(
 def check_token(engine: Engine, token: str | None, exchange: Exchange) -> tuple[int, str] | None:
     """Refuse a token that no flow send knows or that already completed; None to go on."""
     if not token:
-        exchange.error = "flow token missing"
+        exchange.fail("token_missing", "flow token missing")
         return 427, UNKNOWN_TOKEN_MESSAGE
     query = select(
         exists().where(FlowSend.flow_token == token),
@@ -283,14 +297,14 @@ def check_token(engine: Engine, token: str | None, exchange: Exchange) -> tuple[
         with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
             known, responded, answered = conn.execute(query).one()
     except Exception as err:
-        exchange.error = f"token check failed: {type(err).__name__}"
+        exchange.fail("token_check_failed", f"token check failed: {type(err).__name__}")
         log.error("flows token check failed (database): %s", _first_line(err))
         return 503, ""
     if not known:
-        exchange.error = "flow token unknown"
+        exchange.fail("token_unknown", "flow token unknown")
         return 427, UNKNOWN_TOKEN_MESSAGE
     if responded or answered:
-        exchange.error = "flow token already completed"
+        exchange.fail("token_completed", "flow token already completed")
         return 427, COMPLETED_TOKEN_MESSAGE
     return None
 
