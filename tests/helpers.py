@@ -13,8 +13,12 @@ from webhook.signing import sign_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-# The shared specs and vectors sit beside the repository (../shared/spec).
-SPEC = ROOT.parent / "shared" / "spec"
+# The shared specs and vectors sit beside the repository (../shared/spec), or beside
+# the folder of worktrees (../../shared/spec) when the tests run in a git worktree.
+SPEC = next(
+    (p / "shared" / "spec" for p in ROOT.parents if (p / "shared" / "spec").is_dir()),
+    ROOT.parent / "shared" / "spec",
+)
 SECRET = "test-webhook-secret"
 
 
