@@ -22,7 +22,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.engine import make_url
 
 from tests.helpers import SECRET, rows
-from tests.service import Sender, Service
+from tests.service import Sender, Service, digest
 from tests.tcp_proxy import TcpProxy
 from webhook import migrate
 from webhook.db import make_engine
@@ -213,3 +213,39 @@ def test_database_outage_answers_503_and_recovers(
     )
     check_outcome(engine, sender, messages, f"database {mode} [postgresql]", 1)
     engine.dispose()
+
+
+def test_deadline_bounds_a_database_that_never_answers(
+    new_database_url: Callable[[str], str],
+) -> None:
+    """In-process: a black-holed server costs the deadline plus connect_timeout, then 503."""
+    from webhook.callbacks import load_body
+    from webhook.db import CONNECT_TIMEOUT_SECONDS, clear_deadline, set_deadline
+    from webhook.ingest import StorageUnavailable, ingest
+
+    url = new_database_url("postgresql")
+    direct = make_engine(url)
+    migrate.upgrade(direct)
+    parsed = make_url(url)
+    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432).start()
+    engine = make_engine(_proxied(url, proxy))
+    bodies = traffic(seed=805, messages=2)[1]
+    try:
+        ingest(engine, bodies[0], load_body(bodies[0]))  # a pooled connection exists
+        proxy.blackhole()
+        token = set_deadline(1.0)
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            ingest(engine, bodies[1], load_body(bodies[1]))
+        elapsed = time.monotonic() - started
+        clear_deadline(token)
+        assert elapsed < 1.0 + CONNECT_TIMEOUT_SECONDS + 2
+        proxy.restore()
+        token = set_deadline(5.0)
+        assert ingest(engine, bodies[1], load_body(bodies[1])).outcome == "stored"
+        clear_deadline(token)
+    finally:
+        engine.dispose()
+        proxy.stop()
+    assert stored_digests(direct) == {digest(b) for b in bodies[:2]}
+    direct.dispose()
