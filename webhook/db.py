@@ -45,9 +45,12 @@ def set_deadline(seconds: float | None) -> Token[float | None]:
 def clear_deadline(token: Token[float | None] | None = None) -> None:
     """End the bound set by ``set_deadline``."""
     if token is not None:
-        _deadline.reset(token)
-    else:
-        _deadline.set(None)
+        try:
+            _deadline.reset(token)
+            return
+        except ValueError:  # set in another context (a copied one): just lift the bound
+            pass
+    _deadline.set(None)
 
 
 class DeadlineTimeout(psycopg.OperationalError):
