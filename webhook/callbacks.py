@@ -7,6 +7,7 @@ shape it cannot read raises ParseError naming the field; ingest stores the event
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -157,15 +158,101 @@ class ParsedCallback:
 # ---------------------------------------------------------------- primitives
 
 
+class JSONError(ValueError):
+    """Text that is not JSON (RFC 8259), or nested deeper than we parse (about 1000)."""
+
+
+# 19 digits in a row: a number orjson may round (it reads integers beyond 64 bits as floats).
+_LONG_DIGITS = re.compile(r"\d{19}")
+_LONG_DIGITS_B = re.compile(rb"\d{19}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A surrogate, raw or as an escape: the parsed value may then hold a lone one.
+_MAY_HOLD_SURROGATE = re.compile("[\ud800-\udfff]|\\\\u[dD][89a-fA-F]")
+
+
+def loads_json(data: bytes | str) -> Any:
+    """Parse JSON text; raise JSONError unless it is JSON as RFC 8259 defines it.
+
+    orjson does the work. Where it refuses or bends text the JSON grammar allows, the
+    text is parsed again with the standard library, so an authentic callback is never
+    refused for being unusual: integers beyond 64 bits stay exact (orjson rounds them
+    to floats), numbers beyond a double's range read as infinity, a lone surrogate
+    escape (``"\\ud83d"``, text cut mid-emoji) becomes U+FFFD, and a leading byte
+    order mark is ignored (RFC 8259 section 8.1 allows both). What JSON forbids is
+    still refused: invalid UTF-8, NaN/Infinity literals, control characters inside
+    strings, trailing data.
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return _stdlib_loads(data)
+        except JSONError:
+            raise JSONError(str(exc)) from None
+    pattern = _LONG_DIGITS_B if isinstance(data, bytes) else _LONG_DIGITS
+    if pattern.search(data):  # type: ignore[arg-type]  # bytes pattern for bytes, str for str
+        return _stdlib_loads(data)
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JSONError(f"{name} is not a JSON value")
+
+
+def _exact_int(digits: str) -> int | float:
+    try:
+        return int(digits)
+    except ValueError:  # beyond Python's int-from-text digit limit: read as +-infinity
+        return float(digits)
+
+
+def _stdlib_loads(data: bytes | str) -> Any:
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        value = json.loads(
+            text.removeprefix("\ufeff"), parse_constant=_refuse_constant, parse_int=_exact_int
+        )
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError too
+        raise JSONError(str(exc)) from None
+    return _scrub(value) if _MAY_HOLD_SURROGATE.search(text) else value
+
+
+def _scrub(value: Any) -> Any:
+    """Replace lone surrogates (not Unicode, so no database can store them) with U+FFFD.
+
+    Iterative, in place: the value may be nested as deep as the parser allows.
+    """
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            for index, item in enumerate(node):
+                if isinstance(item, str):
+                    node[index] = _SURROGATE.sub("\ufffd", item)
+                elif isinstance(item, list | dict):
+                    stack.append(item)
+        elif isinstance(node, dict):
+            pairs = list(node.items())
+            node.clear()
+            for key, item in pairs:
+                if isinstance(item, str):
+                    item = _SURROGATE.sub("\ufffd", item)
+                elif isinstance(item, list | dict):
+                    stack.append(item)
+                node[_SURROGATE.sub("\ufffd", key)] = item
+    return value
+
+
 def load_body(body: bytes) -> dict[str, Any]:
     """Parse a callback body; raise InvalidBody unless it is a JSON object."""
     try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        # orjson refuses NaN/Infinity literals and invalid UTF-8, as JSON requires.
+        value = loads_json(body)
+    except JSONError as exc:
         raise InvalidBody(f"body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise InvalidBody(f"body must be a JSON object, got {type(value).__name__}")
+        raise InvalidBody(f"body must be a JSON object, got {_kind(value)}")
     return value
 
 
@@ -186,18 +273,19 @@ def parse_time(value: object, field: str = "time") -> datetime | None:
         raise ParseError(f"{field}: not an ISO-8601 timestamp: {value[:40]!r}")
     year, month, day, hour, minute, second, frac, tz = m.groups()
     micro = int((frac or "0")[:6].ljust(6, "0"))
-    tzinfo: timezone = UTC
-    if tz and tz not in {"Z", "z"}:
-        sign = 1 if tz[0] == "+" else -1
-        digits = tz[1:].replace(":", "")
-        tzinfo = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
     try:
+        tzinfo: timezone = UTC
+        if tz and tz not in {"Z", "z"}:
+            sign = 1 if tz[0] == "+" else -1
+            digits = tz[1:].replace(":", "")
+            tzinfo = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
         parsed = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo
         )
-    except ValueError as exc:
+        # Year 1 or 9999 with an offset falls outside what datetime can hold in UTC.
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # day 31 of February, offset +99:00, ...
         raise ParseError(f"{field}: {exc}: {value[:40]!r}") from None
-    return parsed.astimezone(UTC)
 
 
 def lenient_time(value: object) -> datetime | None:
@@ -305,8 +393,8 @@ def parse_flow_reply(response_json: object) -> tuple[str | None, Any, str | None
     value: Any = response_json
     if isinstance(response_json, str):
         try:
-            value = orjson.loads(response_json)
-        except orjson.JSONDecodeError as exc:
+            value = loads_json(response_json)
+        except JSONError as exc:
             return None, None, response_json, f"response_json is not valid JSON: {exc}"
     elif response_json is None:
         return None, None, None, "response_json is missing"
@@ -333,8 +421,8 @@ def _whatsapp_flow_replies(raw: object) -> list[dict[str, Any]]:
     if not isinstance(raw, str):
         return []
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        doc = loads_json(raw)
+    except JSONError:
         return []
     found: list[dict[str, Any]] = []
 
@@ -349,17 +437,27 @@ def _whatsapp_flow_replies(raw: object) -> list[dict[str, Any]]:
 
     if isinstance(doc, dict):
         visit(doc)
-        for entry in doc.get("entry") or []:
-            for change in (entry or {}).get("changes") or [] if isinstance(entry, dict) else []:
-                value = change.get("value") if isinstance(change, dict) else None
-                for msg in (value or {}).get("messages") or [] if isinstance(value, dict) else []:
+        # Meta's webhook shape: entry[].changes[].value.messages[]; anything else is skipped.
+        for entry in _items(doc.get("entry")):
+            for change in _items(entry.get("changes")):
+                value = change.get("value")
+                for msg in _items(value.get("messages") if isinstance(value, dict) else None):
                     visit(msg)
     return found
+
+
+def _items(value: object) -> list[dict[str, Any]]:
+    """The objects in a JSON array (anything else in it, or a non-array, is skipped)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def _context(wa_message: dict[str, Any]) -> dict[str, Any]:
     ctx = wa_message.get("context")
     return ctx if isinstance(ctx, dict) else {}
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def parse_message_inbound(payload: Mapping[str, Any], env: Envelope) -> tuple[Record, ...]:
@@ -398,12 +496,10 @@ def parse_message_inbound(payload: Mapping[str, Any], env: Envelope) -> tuple[Re
                 text = raw if isinstance(raw, str) else None
                 for wa in _whatsapp_flow_replies(raw):
                     reply = wa["interactive"]["nfm_reply"]
-                    ctx: dict[str, Any] = (
-                        wa["context"] if isinstance(wa.get("context"), dict) else {}
-                    )
+                    ctx_id = _context(wa).get("id")
                     token, response, broken, err = parse_flow_reply(reply.get("response_json"))
                     flow = FlowResponseRecord(
-                        message_id, token, reply_to or ctx.get("id"), contact_id,
+                        message_id, token, reply_to or _text_or_none(ctx_id), contact_id,
                         conversation_id, channel, identity, response, broken, err,
                         accept_time or env.event_time,
                     )  # fmt: skip
@@ -537,7 +633,7 @@ def parse_unsupported(payload: Mapping[str, Any], env: Envelope) -> tuple[Record
             FlowResponseRecord(
                 message_id=wamid,
                 flow_token=token,
-                reply_to_message_id=ctx.get("id") if isinstance(ctx.get("id"), str) else None,
+                reply_to_message_id=_text_or_none(ctx.get("id")),
                 contact_id=_str(note, "contact_id", key),
                 conversation_id=_str(note, "conversation_id", key),
                 channel="WHATSAPP",

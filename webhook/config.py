@@ -40,6 +40,19 @@ def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be above 0, got {raw!r}")
+    return value
+
+
 def normalize_database_url(url: str) -> str:
     """Map the URLs hosting platforms hand out onto SQLAlchemy's psycopg 3 dialect."""
     for prefix in ("postgres://", "postgresql://"):
@@ -62,6 +75,8 @@ class Settings:
     signature_max_age_seconds: int | None = None
     max_content_length: int = 1024 * 1024
     retry_after_seconds: int = 5
+    # Longest a request waits on PostgreSQL before answering 503 (below gunicorn's timeout).
+    database_timeout_seconds: float = 10.0
     # Sending (Conversation API).
     sinch_project_id: str = ""
     sinch_app_id: str = ""
@@ -102,6 +117,7 @@ class Settings:
             signature_max_age_seconds=max_age,
             max_content_length=_int(e, "MAX_CONTENT_LENGTH", 1024 * 1024) or 1024 * 1024,
             retry_after_seconds=_int(e, "RETRY_AFTER_SECONDS", 5) or 5,
+            database_timeout_seconds=_positive_float(e, "DATABASE_TIMEOUT_SECONDS", 10.0),
             sinch_project_id=e.get("SINCH_PROJECT_ID", ""),
             sinch_app_id=e.get("SINCH_APP_ID", ""),
             sinch_key_id=e.get("SINCH_KEY_ID", ""),

@@ -1,13 +1,83 @@
-"""Engine creation: SQLite pragmas, PostgreSQL pool settings, session factory."""
+"""Engine creation: SQLite pragmas, PostgreSQL pool settings, session factory.
+
+On PostgreSQL every wait for the server can be bounded by a deadline (see
+``set_deadline``): the web app sets one per request, so a server that accepts the
+connection and then never answers (a network partition, a hung proxy) costs a
+request its deadline and a 503, never a worker killed by gunicorn's timeout.
+Connecting is bounded by ``connect_timeout``; idle pooled connections to a vanished
+host are found by TCP keepalives, and unacknowledged sends by ``tcp_user_timeout``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from contextvars import ContextVar, Token
+from typing import Any, TypeVar
 
+import psycopg
+from psycopg.abc import PQGen
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+
+RV = TypeVar("RV")
+
+CONNECT_TIMEOUT_SECONDS = 3
+# libpq TCP settings: find a dead peer on an idle connection within ~60 s, and give up
+# on a send the peer never acknowledges after 20 s (instead of ~15 minutes of retries).
+TCP_SETTINGS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,
+}
+
+_deadline: ContextVar[float | None] = ContextVar("database_deadline", default=None)
+
+
+def set_deadline(seconds: float | None) -> Token[float | None]:
+    """Bound every PostgreSQL wait in this context to ``seconds`` from now (None: no bound)."""
+    return _deadline.set(None if seconds is None else time.monotonic() + seconds)
+
+
+def clear_deadline(token: Token[float | None] | None = None) -> None:
+    """End the bound set by ``set_deadline``."""
+    if token is not None:
+        try:
+            _deadline.reset(token)
+            return
+        except ValueError:  # set in another context (a copied one): just lift the bound
+            pass
+    _deadline.set(None)
+
+
+class DeadlineTimeout(psycopg.OperationalError):
+    """The server did not answer before the deadline; the connection was closed."""
+
+
+class DeadlineConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose waits for the server end at the context's deadline.
+
+    A query cut short leaves the protocol mid-message, so the connection is closed:
+    SQLAlchemy then sees a disconnect, drops it from the pool and connects afresh.
+    """
+
+    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        deadline = _deadline.get()
+        if deadline is None or timeout is not None:
+            return super().wait(gen, interval=interval, timeout=timeout)
+        remaining = max(deadline - time.monotonic(), 0.001)
+        try:
+            return super().wait(gen, interval=interval, timeout=remaining)
+        except psycopg.OperationalError:
+            if time.monotonic() < deadline:
+                raise
+            self.close()
+            raise DeadlineTimeout(
+                f"the database did not answer within the deadline ({remaining:.1f} s)"
+            ) from None
 
 
 def is_sqlite(url: str) -> bool:
@@ -27,10 +97,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         "max_overflow": 5,
         "pool_timeout": 5,
         # Fail fast when the server is unreachable, so callers can answer 503.
-        "connect_args": {"connect_timeout": 3},
+        "connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_SETTINGS},
     }
     options.update(kwargs)
-    return create_engine(url, **options)
+    engine = create_engine(url, **options)
+
+    if engine.dialect.driver == "psycopg":
+
+        @event.listens_for(engine, "do_connect")
+        def _connect(
+            _dialect: Dialect, _record: ConnectionPoolEntry, cargs: Any, cparams: Any
+        ) -> DeadlineConnection:
+            return DeadlineConnection.connect(*cargs, **cparams)
+
+    return engine
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:

@@ -3,8 +3,11 @@
 Shared by the HTTP endpoint, import and replay, so every path dedupes and projects
 the same way. The raw event is written first; a projection that fails (a parser
 bug, a value the schema refuses) rolls the transaction back and the raw event is
-stored again on its own as ``failed``: nothing authentic is lost. A database that
-cannot be written raises StorageUnavailable, which the endpoint answers with 503.
+stored again on its own as ``failed``: nothing authentic is lost. If the database
+refuses even the event's envelope fields (say a NUL character in ``app_id`` on
+PostgreSQL), the event is stored bare: body, digest, trigger, status and error.
+A database that cannot be written raises StorageUnavailable, which the endpoint
+answers with 503.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy import Connection, Engine, exc
 
 from webhook.callbacks import (
     UNKNOWN,
+    Envelope,
     ParsedCallback,
     ParseError,
     detect_trigger,
@@ -84,7 +88,11 @@ def _describe(err: BaseException) -> str:
     """A one-line description of an error that never includes SQL parameters."""
     orig = getattr(err, "orig", None) or err
     first_line = (str(orig).strip().splitlines() or [""])[0]
-    return f"{type(orig).__name__}: {first_line}"[:500]
+    # PostgreSQL text cannot hold NUL; the error must be storable whatever caused it.
+    return f"{type(orig).__name__}: {first_line}"[:500].replace("\x00", "")
+
+
+_BARE = Envelope(None, None, None, None, None)
 
 
 def insert_event(
@@ -96,15 +104,24 @@ def insert_event(
     received_at: datetime,
     payload: Mapping[str, Any],
     outcome: Outcome,
+    bare: bool = False,
 ) -> int | None:
-    """Insert the raw event; return its id, or None if this body is already stored."""
-    envelope = outcome.parsed.envelope if outcome.parsed else parse_envelope(payload)
+    """Insert the raw event; return its id, or None if this body is already stored.
+
+    ``bare`` leaves out every field read from the payload or the headers, for an
+    event whose fields the database refused.
+    """
+    if bare:
+        envelope, stored_headers = _BARE, None
+    else:
+        envelope = outcome.parsed.envelope if outcome.parsed else parse_envelope(payload)
+        stored_headers = dict(headers) or None
     stmt = (
         upsert_insert(conn, CallbackEvent)
         .values(
             body=body,
             body_sha256=digest,
-            headers=dict(headers) or None,
+            headers=stored_headers,
             received_at=received_at,
             trigger=outcome.trigger,
             app_id=envelope.app_id,
@@ -121,9 +138,12 @@ def insert_event(
     return conn.execute(stmt).scalar()
 
 
-class _ProjectionFailed(Exception):
-    def __init__(self, cause: BaseException) -> None:
+class _Refused(Exception):
+    """The database refused a row (not an outage): ``stage`` says which one."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
         super().__init__(str(cause))
+        self.stage = stage
         self.cause = cause
 
 
@@ -147,27 +167,32 @@ def ingest(
     }
     try:
         with engine.begin() as conn:
-            event_id = insert_event(conn, outcome=outcome, **fields)
+            try:
+                event_id = insert_event(conn, outcome=outcome, **fields)
+            except UNAVAILABLE_ERRORS:
+                raise
+            except Exception as err:
+                raise _Refused("event", err) from err
             if event_id is None:
                 return IngestResult(DUPLICATE, None, outcome.trigger, None)
             if outcome.parsed is not None and outcome.parsed.records:
                 try:
                     apply_records(conn, outcome.parsed.records, event_id, received_at)
                 except Exception as err:
-                    raise _ProjectionFailed(err) from err
+                    raise _Refused("projection", err) from err
         return IngestResult(STORED, event_id, outcome.trigger, outcome.status, outcome.error)
-    except _ProjectionFailed as failure:
+    except _Refused as failure:
         if isinstance(failure.cause, UNAVAILABLE_ERRORS):
             raise StorageUnavailable(_describe(failure.cause)) from failure.cause
-        error = f"projection failed: {_describe(failure.cause)}"
+        stage, error = failure.stage, f"{failure.stage} failed: {_describe(failure.cause)}"
     except UNAVAILABLE_ERRORS as err:
         raise StorageUnavailable(_describe(err)) from err
 
-    # The projection was rolled back: keep the raw event alone, marked failed.
+    # The transaction was rolled back: keep the raw event alone, marked failed.
     failed = Outcome(outcome.trigger, outcome.parsed, FAILED, error)
     try:
         with engine.begin() as conn:
-            event_id = insert_event(conn, outcome=failed, **fields)
+            event_id = insert_event(conn, outcome=failed, bare=stage == "event", **fields)
     except UNAVAILABLE_ERRORS as err:
         raise StorageUnavailable(_describe(err)) from err
     if event_id is None:  # a concurrent copy committed in between

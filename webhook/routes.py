@@ -6,6 +6,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import text
 
 from webhook.callbacks import InvalidBody, load_body
+from webhook.db import clear_deadline, set_deadline
 from webhook.errors import error_response
 from webhook.ingest import UNAVAILABLE_ERRORS, StorageUnavailable, ingest
 from webhook.migrate import current_revision
@@ -13,6 +14,17 @@ from webhook.signing import SignatureError, signature_headers, verify
 from webhook.state import state
 
 bp = Blueprint("callbacks", __name__)
+
+
+@bp.before_app_request
+def _bound_database_waits() -> None:
+    # Every request's database work ends in time to answer 503 before gunicorn's timeout.
+    g.database_deadline = set_deadline(state().settings.database_timeout_seconds)
+
+
+@bp.teardown_app_request
+def _end_database_bound(_exc: BaseException | None) -> None:
+    clear_deadline(g.pop("database_deadline", None))
 
 
 @bp.post("/sinch/callbacks")
