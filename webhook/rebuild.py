@@ -283,7 +283,7 @@ def _replay_batch(
             pending = _bulk_write(conn, state, items)
         except Exception as err:
             savepoint.rollback()
-            if _unavailable(err):
+            if is_unavailable(err):
                 raise
         else:
             savepoint.commit()
@@ -294,13 +294,13 @@ def _replay_batch(
         final = _slow_write(conn, state, items)
     for item in items:
         report.note(item, final[item.event.id])
-    _update_events(conn, [(item, final[item.event.id]) for item in items])
+    update_events(conn, [(item, final[item.event.id]) for item in items])
 
 
 _UNAVAILABLE = (*UNAVAILABLE_ERRORS, psycopg.OperationalError, psycopg.InterfaceError)
 
 
-def _unavailable(err: BaseException) -> bool:
+def is_unavailable(err: BaseException) -> bool:
     """The database is gone (stop), as opposed to refusing these rows (replay slowly)."""
     return isinstance(err, _UNAVAILABLE)
 
@@ -410,7 +410,7 @@ def _slow_write(
                 with conn.begin_nested():
                     apply_records(conn, item.records, item.event.id, item.event.received_at)
             except Exception as err:
-                if _unavailable(err):
+                if is_unavailable(err):
                     raise
                 fields = failed_fields(fields, f"projection failed: {_describe(err)}")
             else:
@@ -424,7 +424,7 @@ def _slow_write(
     return final
 
 
-def _update_events(conn: Connection, decided: Iterable[tuple[Reclassified, EventFields]]) -> None:
+def update_events(conn: Connection, decided: Iterable[tuple[Reclassified, EventFields]]) -> None:
     """Store each event's new trigger, status and error where they changed."""
     now = datetime.now(UTC)
     changed = [
@@ -437,7 +437,7 @@ def _update_events(conn: Connection, decided: Iterable[tuple[Reclassified, Event
     stmt = (
         update(EVENTS)
         .where(EVENTS.c.id == bindparam("b_id"))
-        .values({name: bindparam(f"b_{name}") for name in EventFields._fields}, processed_at=now)
+        .values({**{n: bindparam(f"b_{n}") for n in EventFields._fields}, "processed_at": now})
     )
     conn.execute(stmt, changed)
 

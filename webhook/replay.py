@@ -1,0 +1,270 @@
+"""Reprocess chosen stored events: bring their projection rows in line with today's parser.
+
+For each event, in id order and in its own savepoint, the rows it is the source of are
+compared with what its body projects to now: changed rows are updated in place, rows it
+no longer produces are deleted, new ones inserted (unless another event already holds
+that natural key: the first event keeps it, as in live ingestion). message_status of
+every message touched is then recomputed from its delivery history with the lattice of
+projections.py. Nothing is written when nothing changed, so a second run changes
+nothing. flow_sends rows our own sender recorded are never deleted: a MESSAGE_SUBMIT
+only fills in what they lack.
+
+Known limit, kept on purpose: a delivery report that repeated an existing history row
+(same message, status and channel, different bytes) and is not among the chosen events
+reaches message_status only through the row it repeated. `rebuild` replays them all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+
+from webhook.events_query import EventFilter, count_selection, read_batch
+from webhook.ingest import _describe
+from webhook.rebuild import (
+    TABLES,
+    Progress,
+    ReplayReport,
+    TableChanges,
+    is_unavailable,
+    update_events,
+)
+from webhook.replay_rows import (
+    DELIVERY,
+    FIRST_WINS_KEYS,
+    FLOW_SENDS,
+    STATUS,
+    SUBMIT_FILL,
+    EventFields,
+    Reclassified,
+    StatusReport,
+    StatusRow,
+    failed_fields,
+    fold_status,
+    key_of,
+    merge_flow_send,
+    reclassify,
+    report_from_history,
+    status_row_from_db,
+)
+
+BATCH_SIZE = 500
+
+Changes = dict[str, TableChanges]
+
+
+def reprocess(
+    engine: Engine,
+    selected: EventFilter,
+    *,
+    dry_run: bool = False,
+    batch_size: int = BATCH_SIZE,
+    progress: Progress | None = None,
+) -> ReplayReport:
+    """Re-project the selected events; with ``dry_run``, report and roll everything back."""
+    started = time.perf_counter()
+    report = ReplayReport()
+    where = selected.clause()
+    with engine.connect() as conn:
+        selection = count_selection(conn, where)
+    report.pruned = selection.pruned
+    report.changes = {name: TableChanges() for name in TABLES}
+    lost: list[tuple[int, StatusReport]] = []
+
+    def one_batch(conn: Connection, after: int) -> int | None:
+        batch = read_batch(conn, where, after, selection.max_id, batch_size)
+        if not batch:
+            return None
+        _reprocess_batch(conn, [reclassify(e) for e in batch], report, lost)
+        if progress:
+            progress(len(batch))
+        return batch[-1].id
+
+    after: int | None = 0
+    if dry_run:
+        with engine.connect() as conn, conn.begin() as tx:
+            while after is not None:
+                after = one_batch(conn, after)
+            tx.rollback()
+    else:
+        while after is not None:
+            with engine.begin() as conn:
+                after = one_batch(conn, after)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _reprocess_batch(
+    conn: Connection,
+    items: list[Reclassified],
+    report: ReplayReport,
+    lost: list[tuple[int, StatusReport]],
+) -> None:
+    affected: set[str] = set()
+    decided: list[tuple[Reclassified, EventFields]] = []
+    for item in items:
+        fields = item.fields
+        changes: Changes = {name: TableChanges() for name in TABLES}
+        found: list[tuple[int, StatusReport]] = []
+        try:
+            with conn.begin_nested():
+                _sync_event(conn, item, changes, affected, found)
+        except Exception as err:
+            if is_unavailable(err):
+                raise
+            fields = failed_fields(fields, f"projection failed: {_describe(err)}")
+            changes = {name: TableChanges() for name in TABLES}
+            found = []
+            with conn.begin_nested():  # a failed projection leaves nothing behind
+                _sync_event(conn, item._replace(rows=None), changes, affected, found)
+        for name, change in changes.items():
+            report.changes[name].add(change)
+        lost.extend(found)
+        report.note(item, fields)
+        decided.append((item, fields))
+    _recompute_statuses(conn, affected, lost, report.changes[STATUS])
+    update_events(conn, decided)
+
+
+def _differs(existing: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    return {col: value for col, value in row.items() if existing[col] != value}
+
+
+def _sync_event(
+    conn: Connection,
+    item: Reclassified,
+    changes: Changes,
+    affected: set[str],
+    lost: list[tuple[int, StatusReport]],
+) -> None:
+    """Make the rows sourced by this event equal to what its body projects to now."""
+    event_id = item.event.id
+    new = item.rows.rows if item.rows else {}
+    for name, key_cols in FIRST_WINS_KEYS.items():
+        t = TABLES[name]
+        sourced = conn.execute(select(t).where(t.c.source_event_id == event_id))
+        held = {key_of(name, r): r for r in (dict(row._mapping) for row in sourced)}
+        seen: set[tuple[Any, ...]] = set()
+        change = changes[name]
+        for row in new.get(name, ()):
+            key = key_of(name, row)
+            if key in seen:
+                continue  # a second record for the same key: the first one won
+            seen.add(key)
+            if name == DELIVERY and row["kind"] == "message":
+                affected.add(row["message_id"])
+            existing = held.get(key)
+            if existing is not None:
+                diff = _differs(existing, row)
+                if diff:
+                    conn.execute(update(t).where(t.c.id == existing["id"]).values(diff))
+                    change.updated += 1
+                else:
+                    change.unchanged += 1
+                continue
+            match = and_(*(t.c[c] == v for c, v in zip(key_cols, key, strict=True)))
+            if conn.execute(select(t.c.id).where(match)).first() is None:
+                conn.execute(insert(t).values(row))
+                change.inserted += 1
+            else:  # another event holds this key
+                change.unchanged += 1
+                report = report_from_history(row) if name == DELIVERY else None
+                if report is not None:
+                    lost.append((event_id, report))
+        for key, existing in held.items():
+            if key not in seen:
+                conn.execute(delete(t).where(t.c.id == existing["id"]))
+                change.deleted += 1
+                if name == DELIVERY and existing["kind"] == "message":
+                    affected.add(existing["message_id"])
+    _sync_flow_sends(conn, event_id, new.get(FLOW_SENDS, []), changes[FLOW_SENDS])
+
+
+def _sync_flow_sends(
+    conn: Connection, event_id: int, rows: list[dict[str, Any]], change: TableChanges
+) -> None:
+    fs = TABLES[FLOW_SENDS]
+    sourced = conn.execute(select(fs).where(fs.c.source_event_id == event_id))
+    held = {r["message_id"]: r for r in (dict(row._mapping) for row in sourced)}
+    seen: set[str] = set()
+    for row in rows:
+        mid = row["message_id"]
+        seen.add(mid)
+        existing = held.get(mid)
+        if existing is None:
+            found = conn.execute(select(fs).where(fs.c.message_id == mid)).first()
+            existing = dict(found._mapping) if found else None
+        if existing is None:
+            conn.execute(insert(fs).values(row))
+            change.inserted += 1
+            continue
+        if existing["send_status"] == "submitted" and existing["source_event_id"] == event_id:
+            # This event created the row: it takes this event's values as parsed today.
+            wanted = {col: row[col] for col in (*SUBMIT_FILL, "submitted_at")}
+        else:  # the sender's row, or another event's: only fill in what it lacks
+            wanted = merge_flow_send(existing, row)
+        diff = _differs(existing, wanted)
+        if diff:
+            conn.execute(update(fs).where(fs.c.id == existing["id"]).values(diff))
+            change.updated += 1
+        else:
+            change.unchanged += 1
+    for mid, existing in held.items():
+        if mid in seen:
+            continue
+        if existing["send_status"] == "submitted":
+            conn.execute(delete(fs).where(fs.c.id == existing["id"]))
+            change.deleted += 1
+        else:  # the sender's row stays; what this event filled in goes
+            conn.execute(
+                update(fs)
+                .where(fs.c.id == existing["id"])
+                .values(submitted_at=None, source_event_id=None)
+            )
+            change.updated += 1
+
+
+def _recompute_statuses(
+    conn: Connection,
+    message_ids: Iterable[str],
+    lost: list[tuple[int, StatusReport]],
+    change: TableChanges,
+) -> None:
+    """message_status of these messages, folded again from their delivery history."""
+    ids = sorted(message_ids)
+    dr, ms = TABLES[DELIVERY], TABLES[STATUS]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        wanted = set(chunk)
+        history = conn.execute(select(dr).where(dr.c.kind == "message", dr.c.message_id.in_(chunk)))
+        ordered: list[tuple[int, int, int, StatusReport]] = []
+        for row in history:
+            r = report_from_history(dict(row._mapping))
+            if r is not None:
+                ordered.append((row.source_event_id or -1, 0, row.id, r))
+        ordered += [(eid, 1, i, r) for i, (eid, r) in enumerate(lost) if r.message_id in wanted]
+        ordered.sort(key=lambda entry: entry[:3])
+        new: dict[str, StatusRow] = {}
+        fold_status(new, (entry[3] for entry in ordered))
+        old = {
+            row.message_id: status_row_from_db(row)
+            for row in conn.execute(select(ms).where(ms.c.message_id.in_(chunk)))
+        }
+        for mid in chunk:
+            before, after = old.get(mid), new.get(mid)
+            if before == after:
+                change.unchanged += before is not None
+            elif before is None:
+                assert after is not None
+                conn.execute(insert(ms).values(after.as_dict()))
+                change.inserted += 1
+            elif after is None:
+                conn.execute(delete(ms).where(ms.c.message_id == mid))
+                change.deleted += 1
+            else:
+                diff = _differs(before.as_dict(), after.as_dict())
+                conn.execute(update(ms).where(ms.c.message_id == mid).values(diff))
+                change.updated += 1
