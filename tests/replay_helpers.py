@@ -31,8 +31,7 @@ def snapshot(
             digests = dict(conn.execute(text("SELECT id, body_sha256 FROM callback_events")).all())  # type: ignore[arg-type]
         for name in tables:
             t = Base.metadata.tables[name]
-            skip = {"id"} | ({"processed_at"} if by_digest else set())
-            cols = [c for c in t.columns if c.name not in skip]
+            cols = [c for c in t.columns if c.name != "id"]
             exprs = [cast(c, Text) if isinstance(c.type, JSON) else c for c in cols]
             rows = []
             for row in conn.execute(select(*exprs)):

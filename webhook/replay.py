@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
 
 from webhook.events_query import EventFilter, count_selection, read_batch
 from webhook.ingest import _describe
+from webhook.projections import upsert_insert
 from webhook.rebuild import (
     TABLES,
     Progress,
@@ -97,109 +99,135 @@ def reprocess(
     return report
 
 
+@dataclass
+class _Plan:
+    """The writes that bring one event's rows in line, decided before any is made."""
+
+    ops: list[tuple[str, str, Any, dict[str, Any]]] = field(default_factory=list)
+    changes: Changes = field(default_factory=lambda: {name: TableChanges() for name in TABLES})
+    affected: set[str] = field(default_factory=set)  # message ids whose status to recompute
+    lost: list[tuple[int, StatusReport]] = field(default_factory=list)
+
+    def write(self, op: str, table: str, target: Any, values: dict[str, Any]) -> None:
+        self.ops.append((op, table, target, values))
+        change = self.changes[table]
+        if op == "insert":
+            change.inserted += 1
+        elif op == "update":
+            change.updated += 1
+        else:
+            change.deleted += 1
+
+
+Held = dict[str, dict[int, dict[Any, dict[str, Any]]]]  # table -> event id -> key -> row
+
+
 def _reprocess_batch(
     conn: Connection,
     items: list[Reclassified],
     report: ReplayReport,
     lost: list[tuple[int, StatusReport]],
 ) -> None:
+    held = _held_rows(conn, [item.event.id for item in items])
     affected: set[str] = set()
     decided: list[tuple[Reclassified, EventFields]] = []
     for item in items:
         fields = item.fields
-        changes: Changes = {name: TableChanges() for name in TABLES}
-        found: list[tuple[int, StatusReport]] = []
-        try:
-            with conn.begin_nested():
-                _sync_event(conn, item, changes, affected, found)
-        except Exception as err:
-            if is_unavailable(err):
-                raise
-            fields = failed_fields(fields, f"projection failed: {_describe(err)}")
-            changes = {name: TableChanges() for name in TABLES}
-            found = []
-            with conn.begin_nested():  # a failed projection leaves nothing behind
-                _sync_event(conn, item._replace(rows=None), changes, affected, found)
-        for name, change in changes.items():
+        plan = _plan(conn, item, held)
+        if plan.ops:
+            try:
+                with conn.begin_nested():
+                    _apply(conn, plan, held)
+            except Exception as err:
+                if is_unavailable(err):
+                    raise
+                fields = failed_fields(fields, f"projection failed: {_describe(err)}")
+                plan = _plan(conn, item._replace(rows=None), held)  # leave nothing behind
+                with conn.begin_nested():
+                    _apply(conn, plan, held)
+        for name, change in plan.changes.items():
             report.changes[name].add(change)
-        lost.extend(found)
+        affected |= plan.affected
+        lost.extend(plan.lost)
         report.note(item, fields)
         decided.append((item, fields))
     _recompute_statuses(conn, affected, lost, report.changes[STATUS])
     update_events(conn, decided)
 
 
+def _held_rows(conn: Connection, event_ids: list[int]) -> Held:
+    """Rows each of these events is the source of, per table, keyed by natural key."""
+    held: Held = {}
+    for name in (*FIRST_WINS_KEYS, FLOW_SENDS):
+        t = TABLES[name]
+        by_event: dict[int, dict[Any, dict[str, Any]]] = held.setdefault(name, {})
+        for row in conn.execute(select(t).where(t.c.source_event_id.in_(event_ids))):
+            r = dict(row._mapping)
+            key = r["message_id"] if name == FLOW_SENDS else key_of(name, r)
+            by_event.setdefault(r["source_event_id"], {})[key] = r
+    return held
+
+
 def _differs(existing: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     return {col: value for col, value in row.items() if existing[col] != value}
 
 
-def _sync_event(
-    conn: Connection,
-    item: Reclassified,
-    changes: Changes,
-    affected: set[str],
-    lost: list[tuple[int, StatusReport]],
-) -> None:
-    """Make the rows sourced by this event equal to what its body projects to now."""
+def _plan(conn: Connection, item: Reclassified, held: Held) -> _Plan:
+    """Compare the rows this event holds with what its body projects to now."""
+    plan = _Plan()
     event_id = item.event.id
     new = item.rows.rows if item.rows else {}
     for name, key_cols in FIRST_WINS_KEYS.items():
         t = TABLES[name]
-        sourced = conn.execute(select(t).where(t.c.source_event_id == event_id))
-        held = {key_of(name, r): r for r in (dict(row._mapping) for row in sourced)}
+        mine = held[name].get(event_id, {})
         seen: set[tuple[Any, ...]] = set()
-        change = changes[name]
         for row in new.get(name, ()):
             key = key_of(name, row)
             if key in seen:
                 continue  # a second record for the same key: the first one won
             seen.add(key)
             if name == DELIVERY and row["kind"] == "message":
-                affected.add(row["message_id"])
-            existing = held.get(key)
+                plan.affected.add(row["message_id"])
+            existing = mine.get(key)
             if existing is not None:
                 diff = _differs(existing, row)
                 if diff:
-                    conn.execute(update(t).where(t.c.id == existing["id"]).values(diff))
-                    change.updated += 1
+                    plan.write("update", name, existing["id"], diff)
                 else:
-                    change.unchanged += 1
+                    plan.changes[name].unchanged += 1
                 continue
             match = and_(*(t.c[c] == v for c, v in zip(key_cols, key, strict=True)))
             if conn.execute(select(t.c.id).where(match)).first() is None:
-                conn.execute(insert(t).values(row))
-                change.inserted += 1
+                plan.write("insert", name, None, row)
             else:  # another event holds this key
-                change.unchanged += 1
+                plan.changes[name].unchanged += 1
                 report = report_from_history(row) if name == DELIVERY else None
                 if report is not None:
-                    lost.append((event_id, report))
-        for key, existing in held.items():
+                    plan.lost.append((event_id, report))
+        for key, existing in mine.items():
             if key not in seen:
-                conn.execute(delete(t).where(t.c.id == existing["id"]))
-                change.deleted += 1
+                plan.write("delete", name, existing["id"], {})
                 if name == DELIVERY and existing["kind"] == "message":
-                    affected.add(existing["message_id"])
-    _sync_flow_sends(conn, event_id, new.get(FLOW_SENDS, []), changes[FLOW_SENDS])
+                    plan.affected.add(existing["message_id"])
+    _plan_flow_sends(conn, plan, event_id, new.get(FLOW_SENDS, []), held)
+    return plan
 
 
-def _sync_flow_sends(
-    conn: Connection, event_id: int, rows: list[dict[str, Any]], change: TableChanges
+def _plan_flow_sends(
+    conn: Connection, plan: _Plan, event_id: int, rows: list[dict[str, Any]], held: Held
 ) -> None:
     fs = TABLES[FLOW_SENDS]
-    sourced = conn.execute(select(fs).where(fs.c.source_event_id == event_id))
-    held = {r["message_id"]: r for r in (dict(row._mapping) for row in sourced)}
+    mine = held[FLOW_SENDS].get(event_id, {})
     seen: set[str] = set()
     for row in rows:
         mid = row["message_id"]
         seen.add(mid)
-        existing = held.get(mid)
+        existing = mine.get(mid)
         if existing is None:
             found = conn.execute(select(fs).where(fs.c.message_id == mid)).first()
             existing = dict(found._mapping) if found else None
         if existing is None:
-            conn.execute(insert(fs).values(row))
-            change.inserted += 1
+            plan.write("insert", FLOW_SENDS, None, row)
             continue
         if existing["send_status"] == "submitted" and existing["source_event_id"] == event_id:
             # This event created the row: it takes this event's values as parsed today.
@@ -208,23 +236,34 @@ def _sync_flow_sends(
             wanted = merge_flow_send(existing, row)
         diff = _differs(existing, wanted)
         if diff:
-            conn.execute(update(fs).where(fs.c.id == existing["id"]).values(diff))
-            change.updated += 1
+            plan.write("update", FLOW_SENDS, existing["id"], diff)
         else:
-            change.unchanged += 1
-    for mid, existing in held.items():
+            plan.changes[FLOW_SENDS].unchanged += 1
+    for mid, existing in mine.items():
         if mid in seen:
             continue
         if existing["send_status"] == "submitted":
-            conn.execute(delete(fs).where(fs.c.id == existing["id"]))
-            change.deleted += 1
+            plan.write("delete", FLOW_SENDS, existing["id"], {})
         else:  # the sender's row stays; what this event filled in goes
-            conn.execute(
-                update(fs)
-                .where(fs.c.id == existing["id"])
-                .values(submitted_at=None, source_event_id=None)
-            )
-            change.updated += 1
+            cleared = {"submitted_at": None, "source_event_id": None}
+            plan.write("update", FLOW_SENDS, existing["id"], cleared)
+
+
+def _apply(conn: Connection, plan: _Plan, held: Held) -> None:
+    for op, name, row_id, values in plan.ops:
+        t = TABLES[name]
+        if op == "insert":
+            # Another writer may have taken the key meanwhile: then it keeps it.
+            conn.execute(upsert_insert(conn, t).values(values).on_conflict_do_nothing())
+        elif op == "update":
+            conn.execute(update(t).where(t.c.id == row_id).values(values))
+            if name == FLOW_SENDS:  # a row another event of this batch holds
+                for rows in held[FLOW_SENDS].values():
+                    for row in rows.values():
+                        if row["id"] == row_id:
+                            row.update(values)
+        else:
+            conn.execute(delete(t).where(t.c.id == row_id))
 
 
 def _recompute_statuses(
