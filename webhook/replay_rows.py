@@ -9,8 +9,9 @@ equals live ingestion, and tests/test_replay_rows.py that the fold equals the SQ
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from webhook.callbacks import (
@@ -133,8 +134,16 @@ def event_rows(records: Iterable[Record], event_id: int | None, received_at: dat
     return EventRows(rows, reports)
 
 
-def key_of(table: str, row: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(row[c] for c in FIRST_WINS_KEYS[table])
+_KEY_GETTERS: dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {
+    INBOUND: lambda row: (row["message_id"],),
+    FLOW_RESPONSES: lambda row: (row["message_id"],),
+    DELIVERY: itemgetter(*FIRST_WINS_KEYS[DELIVERY]),
+}
+
+
+def key_of(table: str, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The natural key of a row of a first-wins table, as a tuple."""
+    return _KEY_GETTERS[table](row)
 
 
 # ---------------------------------------------------------------- stored events
