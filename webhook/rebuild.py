@@ -41,7 +41,6 @@ from sqlalchemy import (
     case,
     delete,
     func,
-    insert,
     not_,
     or_,
     select,
@@ -450,17 +449,33 @@ def update_events(conn: Connection, decided: Iterable[tuple[Reclassified, EventF
 
 
 class _Writer:
-    """Plain multi-row INSERT (executemany): SQLite and any other backend."""
+    """Multi-row INSERT through the driver's executemany: SQLite and other backends.
+
+    Values go through each column type's own bind processor, so they are stored
+    exactly as SQLAlchemy stores them, without its per-row parameter bookkeeping.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
         if rows:
-            self.conn.execute(insert(TABLES[name]), rows)
+            self._insert(name, list(rows[0]), (row.values() for row in rows))
 
     def insert_statuses(self, rows: list[StatusRow]) -> None:
-        self.insert(STATUS, [row.as_dict() for row in rows])
+        if rows:
+            self._insert(STATUS, STATUS_COLUMNS, rows)
+
+    def _insert(self, name: str, columns: Sequence[str], rows: Iterable[Iterable[Any]]) -> None:
+        dialect = self.conn.dialect
+        table = TABLES[name]
+        procs = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
+        params = [
+            tuple(v if p is None else p(v) for p, v in zip(procs, row, strict=True)) for row in rows
+        ]
+        marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
+        sql = f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({marks})"
+        self.conn.exec_driver_sql(sql, params)
 
 
 class _CopyWriter(_Writer):
