@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskCliRunner
 from sqlalchemy import Engine, text, update
 
@@ -202,3 +204,17 @@ def test_reprocess_function_reports_changes_per_table(engine: Engine) -> None:
     done = reprocess(engine, EventFilter(triggers=("MESSAGE_INBOUND",)))
     assert done.changes == preview.changes
     assert {r["flow_token"] for r in rows(engine, "flow_responses")} != {"tampered"}
+
+
+def test_an_unreachable_database_is_one_clear_line(make_app: Callable[..., Flask]) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = make_app(database_url=f"postgresql+psycopg://127.0.0.1:{port}/nowhere")
+    forward = ["forward", "--to", "http://h/", "--secret", "s"]
+    commands = (["reprocess"], ["rebuild"], ["export"], forward)
+    for args in commands:
+        result = app.test_cli_runner().invoke(args=["events", *args])
+        assert result.exit_code == 1, (args, result.output)
+        assert result.output.startswith("Error: database unavailable:"), result.output
+        assert "Traceback" not in result.output
