@@ -19,24 +19,14 @@ from __future__ import annotations
 
 import gc
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-from psycopg.types.json import Jsonb
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
     Connection,
-    DateTime,
     Engine,
-    Integer,
-    Table,
     bindparam,
     case,
     delete,
@@ -49,15 +39,22 @@ from sqlalchemy import (
     update,
 )
 
+from webhook.bulk import Writer, diff_tables, row_counts, snapshot_tables, writer_for
 from webhook.events_query import EVENTS, count_selection, iter_batches, prefetch
-from webhook.ingest import UNAVAILABLE_ERRORS, _describe
-from webhook.models import Base, FlowSend, MessageStatus
+from webhook.ingest import _describe
+from webhook.models import FlowSend, MessageStatus
 from webhook.projections import apply_records, upsert_insert
+from webhook.replay_report import (
+    TABLES,
+    Progress,
+    ReplayReport,
+    is_unavailable,
+    update_events,
+)
 from webhook.replay_rows import (
     DELIVERY,
     FIRST_WINS_KEYS,
     FLOW_SENDS,
-    PROJECTION_TABLES,
     SENDER_STATUSES,
     STATUS,
     STATUS_COLUMNS,
@@ -76,58 +73,6 @@ from webhook.replay_rows import (
 )
 
 BATCH_SIZE = 5000
-FAILURES_LISTED = 20
-TABLES: dict[str, Table] = {name: Base.metadata.tables[name] for name in PROJECTION_TABLES}
-
-
-@dataclass
-class TableChanges:
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-
-    def add(self, other: TableChanges) -> None:
-        self.inserted += other.inserted
-        self.updated += other.updated
-        self.unchanged += other.unchanged
-        self.deleted += other.deleted
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    event_id: int
-    trigger: str
-    error: str
-
-
-@dataclass
-class ReplayReport:
-    """What a rebuild or reprocess did (or, with dry_run, would do)."""
-
-    events: int = 0  # events re-projected
-    pruned: int = 0  # selected events skipped because their body is gone
-    statuses: Counter[str] = field(default_factory=Counter)  # new status per event
-    transitions: Counter[tuple[str, str]] = field(default_factory=Counter)  # old -> new
-    failed: int = 0
-    failures: list[Failure] = field(default_factory=list)  # the first FAILURES_LISTED
-    changes: dict[str, TableChanges] = field(default_factory=dict)
-    rows: dict[str, int] = field(default_factory=dict)  # rows per table afterwards
-    seconds: float = 0.0
-    slow_batches: int = 0  # batches replayed event by event after a refused bulk write
-
-    def note(self, item: Reclassified, fields: EventFields) -> None:
-        self.events += 1
-        self.statuses[fields.status] += 1
-        if fields.status != item.event.status:
-            self.transitions[(item.event.status, fields.status)] += 1
-        if fields.status == "failed":
-            self.failed += 1
-            if len(self.failures) < FAILURES_LISTED:
-                self.failures.append(Failure(item.event.id, fields.trigger, fields.error or ""))
-
-
-Progress = Callable[[int], None]
 
 
 def rebuild(
@@ -170,14 +115,14 @@ def _run(
 ) -> None:  # fmt: skip
     if dry_run:
         with engine.connect() as conn, conn.begin() as tx:
-            _snapshot(conn)
+            snapshot_tables(conn)
             state = _clear(conn, max_id, truncate=False)
             for items in batches:
                 _replay_batch(conn, state, items, report, bulk)
                 if progress:
                     progress(len(items))
-            report.changes = _diff(conn)
-            report.rows = _row_counts(conn)
+            report.changes = diff_tables(conn)
+            report.rows = row_counts(conn)
             tx.rollback()
     else:
         with engine.begin() as conn:
@@ -188,7 +133,7 @@ def _run(
             if progress:
                 progress(len(items))
         with engine.connect() as conn:
-            report.rows = _row_counts(conn)
+            report.rows = row_counts(conn)
 
 
 def _prepared(engine: Engine, max_id: int, batch_size: int) -> Iterator[list[Reclassified]]:
@@ -268,7 +213,7 @@ def _seed_statuses(conn: Connection, state: _State) -> None:
         return
     current: dict[str, StatusRow] = {}
     fold_status(current, reports)
-    _writer(conn).insert_statuses(list(current.values()))
+    writer_for(conn).insert_statuses(list(current.values()))
     state.statuses.update(current)
 
 
@@ -298,14 +243,6 @@ def _replay_batch(
     for item in items:
         report.note(item, final[item.event.id])
     update_events(conn, [(item, final[item.event.id]) for item in items])
-
-
-_UNAVAILABLE = (*UNAVAILABLE_ERRORS, psycopg.OperationalError, psycopg.InterfaceError)
-
-
-def is_unavailable(err: BaseException) -> bool:
-    """The database is gone (stop), as opposed to refusing these rows (replay slowly)."""
-    return isinstance(err, _UNAVAILABLE)
 
 
 def _merge_state(state: _State, pending: _State) -> None:
@@ -341,7 +278,7 @@ def _bulk_write(conn: Connection, state: _State, items: list[Reclassified]) -> _
             else:
                 new_sends[mid] = row
         reports.extend(rows.reports)
-    writer = _writer(conn)
+    writer = writer_for(conn)
     for name, rows_ in inserts.items():
         writer.insert(name, rows_)
     writer.insert(FLOW_SENDS, list(new_sends.values()))
@@ -353,7 +290,7 @@ def _bulk_write(conn: Connection, state: _State, items: list[Reclassified]) -> _
 
 
 def _write_statuses(
-    conn: Connection, writer: _Writer, state: _State, pending: _State,
+    conn: Connection, writer: Writer, state: _State, pending: _State,
     reports: list[StatusReport],
 ) -> None:  # fmt: skip
     """Fold the batch's reports into message_status: insert new rows, update the others."""
@@ -427,172 +364,4 @@ def _slow_write(
     return final
 
 
-def update_events(conn: Connection, decided: Iterable[tuple[Reclassified, EventFields]]) -> None:
-    """Store each event's new trigger, status and error where they changed."""
-    now = datetime.now(UTC)
-    changed = [
-        {**{f"b_{k}": v for k, v in fields._asdict().items()}, "b_id": item.event.id}
-        for item, fields in decided
-        if (item.changed if fields is item.fields else fields != item.event.fields)
-    ]
-    if not changed:
-        return
-    stmt = (
-        update(EVENTS)
-        .where(EVENTS.c.id == bindparam("b_id"))
-        .values({**{n: bindparam(f"b_{n}") for n in EventFields._fields}, "processed_at": now})
-    )
-    conn.execute(stmt, changed)
-
-
 # ---------------------------------------------------------------- writers
-
-
-class _Writer:
-    """Multi-row INSERT through the driver's executemany: SQLite and other backends.
-
-    Values go through each column type's own bind processor, so they are stored
-    exactly as SQLAlchemy stores them, without its per-row parameter bookkeeping.
-    """
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            self._insert(name, list(rows[0]), (row.values() for row in rows))
-
-    def insert_statuses(self, rows: list[StatusRow]) -> None:
-        if rows:
-            self._insert(STATUS, STATUS_COLUMNS, rows)
-
-    def _insert(self, name: str, columns: Sequence[str], rows: Iterable[Iterable[Any]]) -> None:
-        dialect = self.conn.dialect
-        table = TABLES[name]
-        procs = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
-        params = [
-            tuple(v if p is None else p(v) for p, v in zip(procs, row, strict=True)) for row in rows
-        ]
-        marks = ", ".join("?" if dialect.paramstyle == "qmark" else "%s" for _ in columns)
-        sql = f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({marks})"
-        self.conn.exec_driver_sql(sql, params)
-
-
-class _CopyWriter(_Writer):
-    """PostgreSQL binary COPY: several times faster than INSERT for many rows."""
-
-    def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        table = TABLES[name]
-        columns = list(rows[0])
-        json_cols = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
-        if not json_cols:
-            self._copy(name, columns, (tuple(row.values()) for row in rows))
-            return
-        tuples = []
-        for row in rows:
-            values = list(row.values())
-            for i in json_cols:
-                # As SQLAlchemy binds JSON: None is JSON null, not SQL NULL.
-                values[i] = Jsonb(values[i])
-            tuples.append(values)
-        self._copy(name, columns, tuples)
-
-    def insert_statuses(self, rows: list[StatusRow]) -> None:
-        if rows:  # a StatusRow is already a tuple in column order
-            self._copy(STATUS, STATUS_COLUMNS, rows)
-
-    def _copy(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        table = TABLES[name]
-        types = [_pg_type(table.c[c].type) for c in columns]
-        driver = self.conn.connection.driver_connection
-        assert driver is not None
-        sql = f"COPY {name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
-        with driver.cursor() as cur, cur.copy(sql) as copy:
-            copy.set_types(types)
-            for row in rows:
-                copy.write_row(row)
-
-
-def _pg_type(column_type: Any) -> str:
-    """The PostgreSQL type name binary COPY needs for a column of the models."""
-    impl = getattr(column_type, "impl", column_type)
-    if isinstance(column_type, JSON):
-        return "jsonb"
-    if isinstance(impl, DateTime):
-        return "timestamptz"
-    if isinstance(impl, Boolean):
-        return "bool"
-    if isinstance(impl, BigInteger):
-        return "int8"
-    if isinstance(impl, Integer):
-        return "int4"
-    return "text"
-
-
-def _writer(conn: Connection) -> _Writer:
-    return _CopyWriter(conn) if conn.dialect.name == "postgresql" else _Writer(conn)
-
-
-# ---------------------------------------------------------------- dry-run diff
-
-_DIFF_KEYS: dict[str, tuple[str, ...]] = {
-    **FIRST_WINS_KEYS, STATUS: ("message_id",), FLOW_SENDS: ("message_id",),
-}  # fmt: skip
-
-
-def _before(name: str) -> str:
-    return f"replay_before_{name}"
-
-
-def _snapshot(conn: Connection) -> None:
-    """Copy each projection table into a temporary table (dropped with the rollback)."""
-    for name in PROJECTION_TABLES:
-        conn.execute(text(f"CREATE TEMPORARY TABLE {_before(name)} AS SELECT * FROM {name}"))
-
-
-def _diff(conn: Connection) -> dict[str, TableChanges]:
-    """Per table: rows inserted, updated, unchanged and deleted since _snapshot."""
-    distinct = "IS NOT" if conn.dialect.name == "sqlite" else "IS DISTINCT FROM"
-    out: dict[str, TableChanges] = {}
-    for name in PROJECTION_TABLES:
-        keys = _DIFF_KEYS[name]
-        cols = [c.name for c in TABLES[name].columns if c.name != "id" and c.name not in keys]
-        on = " AND ".join(f"a.{k} = b.{k}" for k in keys)
-        keyed = " AND ".join(f"{{t}}.{k} IS NOT NULL" for k in keys)
-        any_diff = " OR ".join(f"a.{c} {distinct} b.{c}" for c in cols) or "1 = 0"
-        after, before = name, _before(name)
-        matched, updated = conn.execute(
-            text(
-                f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN {any_diff} THEN 1 ELSE 0 END), 0) "
-                f"FROM {after} a JOIN {before} b ON {on}"
-            )
-        ).one()
-        inserted = conn.execute(
-            text(
-                f"SELECT COUNT(*) FROM {after} a WHERE {keyed.format(t='a')} AND NOT EXISTS "
-                f"(SELECT 1 FROM {before} b WHERE {on})"
-            )
-        ).scalar_one()
-        deleted = conn.execute(
-            text(
-                f"SELECT COUNT(*) FROM {before} b WHERE {keyed.format(t='b')} AND NOT EXISTS "
-                f"(SELECT 1 FROM {after} a WHERE {on})"
-            )
-        ).scalar_one()
-        # Rows without a key (sends Sinch rejected) are never touched by a replay.
-        keyless = conn.execute(
-            text(f"SELECT COUNT(*) FROM {after} a WHERE NOT ({keyed.format(t='a')})")
-        ).scalar_one()
-        out[name] = TableChanges(
-            int(inserted), int(updated), int(matched) - int(updated) + int(keyless), int(deleted)
-        )
-    return out
-
-
-def _row_counts(conn: Connection) -> dict[str, int]:
-    return {
-        name: int(conn.execute(select(func.count()).select_from(TABLES[name])).scalar_one())
-        for name in PROJECTION_TABLES
-    }

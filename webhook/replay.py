@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
 from webhook.events_query import EventFilter, count_selection, read_batch
 from webhook.ingest import _describe
 from webhook.projections import upsert_insert
-from webhook.rebuild import (
+from webhook.replay_report import (
     TABLES,
     Progress,
     ReplayReport,
