@@ -19,3 +19,44 @@ max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "0"))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# The request line without its query string, and the request id (nothing secret is
+# ever in a URL here, but a query string is the usual place for one to leak).
+access_log_format = os.environ.get(
+    "GUNICORN_ACCESS_LOG_FORMAT",
+    '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s',
+)
+
+# Metrics from every worker add up (prometheus-client multi-process mode): each
+# worker writes its counters into this directory and /metrics merges them. It must be
+# set before prometheus_client is first imported, so it is set here, in the master.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flowhooks-metrics-")
+    _metrics_dir_is_ours = True
+else:
+    _metrics_dir_is_ours = False
+
+
+def on_starting(server):
+    """Start every run with empty metric files (counters restart at zero)."""
+    import glob
+
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    for name in glob.glob(os.path.join(path, "*.db")):
+        os.remove(name)
+
+
+def child_exit(server, worker):
+    """Forget a dead worker's live gauges; its counters stay in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_dir_is_ours:
+        import shutil
+
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

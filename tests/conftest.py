@@ -169,3 +169,18 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def runner(app: Flask) -> FlaskCliRunner:
     return app.test_cli_runner()
+
+
+@pytest.fixture
+def runner_on_empty(backend: str, new_database_url: Callable[[str], str]) -> Iterator[Any]:
+    """A CLI runner factory for an app on a fresh, unmigrated database."""
+    apps: list[Flask] = []
+
+    def make() -> FlaskCliRunner:
+        application = create_app(Settings(database_url=new_database_url(backend)))
+        apps.append(application)
+        return application.test_cli_runner()
+
+    yield make
+    for application in apps:
+        application.extensions["webhook"].engine.dispose()

@@ -13,12 +13,8 @@ from webhook.signing import sign_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-# The shared specs and vectors sit beside the repository (../shared/spec), or beside
-# the directory holding it when the checkout is a worktree (../../shared/spec).
-SPEC = next(
-    (d / "shared" / "spec" for d in ROOT.parents if (d / "shared" / "spec").is_dir()),
-    ROOT.parent / "shared" / "spec",
-)
+# Test vectors copied from the specs (sinch-signing-vector.json, flows-vectors/).
+SPEC = Path(__file__).resolve().parent / "vectors"
 SECRET = "test-webhook-secret"
 
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
-from sqlalchemy import Engine, insert, text, update
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import Engine, text, update
 
 from tests.helpers import count, post_callback, rows
 from tests.replay_helpers import relax_durability, snapshot, varied_config, varied_stream
-from webhook.models import FlowSend, MessageStatus
+from webhook.callbacks import load_body
+from webhook.flows.message import SendRequest
+from webhook.flows.sending import record_send
+from webhook.ingest import ingest
+from webhook.models import MessageStatus
 from webhook.rebuild import rebuild
-from webhook.simulate import simulate
+from webhook.replay_rows import PROJECTION_TABLES
+from webhook.simulate import SimulatedMessage, SimulationConfig, simulate
 from webhook.state import state
 
 
@@ -24,28 +30,31 @@ def client(app: Flask, engine: Engine) -> FlaskClient:
     return app.test_client()
 
 
-def add_sender_rows(engine: Engine, message_ids: list[str]) -> None:
-    """flow_sends rows as our own sender records them, before Sinch's MESSAGE_SUBMIT."""
+def record_sends(engine: Engine, message_ids: list[str | None], status: str = "accepted") -> None:
+    """flow_sends rows as our own sender (webhook.flows.sending) records them."""
     sent = datetime(2026, 3, 1, 7, 59, tzinfo=UTC)
     with engine.begin() as conn:
-        conn.execute(
-            insert(FlowSend),
-            [
-                {"message_id": mid, "flow_id": "SENDER-FLOW", "flow_token": None,
-                 "send_status": "accepted", "request_body": {"to": mid}, "sent_at": sent}
-                for mid in message_ids
-            ],
-        )  # fmt: skip
-        # A send Sinch refused: no message id.
-        conn.execute(insert(FlowSend).values(send_status="rejected", error="bad number"))
+        for i, mid in enumerate(message_ids):
+            req = SendRequest(
+                body={"to": i}, flow_token=f"ftk_sender_{mid or i}", token_generated=True,
+                flow_id="SENDER-FLOW", flow_mode="published", flow_cta="Open",
+                flow_action="navigate", screen=None, channel="WHATSAPP",
+                identity=f"5511{i:09d}", contact_id=None, correlation_id=None,
+            )  # fmt: skip
+            record_send(conn, req, status=status, sent_at=sent, message_id=mid)
 
 
 def test_rebuild_equals_live_ingestion(client: FlaskClient, engine: Engine) -> None:
     messages, _ = simulate(varied_config(messages=500))
-    add_sender_rows(engine, [m.message_id for m in messages[:40]])
+    # Sends recorded before their MESSAGE_SUBMIT arrives, and sends Sinch never took.
+    record_sends(engine, [m.message_id for m in messages[:30]])
+    record_sends(engine, [None], status="rejected")
+    record_sends(engine, [None], status="unknown")
     for body in varied_stream(messages=500):
         response = post_callback(client, body)
         assert response.status_code == 200, response.get_json()
+    # Sends recorded after their MESSAGE_SUBMIT: they take over the callback's row.
+    record_sends(engine, [m.message_id for m in messages[30:40]])
     live = snapshot(engine)
     assert count(engine, "callback_events") > 1800
     assert count(engine, "flow_responses") > 50
@@ -79,3 +88,51 @@ def test_rebuild_equals_live_ingestion(client: FlaskClient, engine: Engine) -> N
     sender = [r for r in rows(engine, "flow_sends") if r["send_status"] == "accepted"]
     assert len(sender) == 40
     assert all(r["submitted_at"] is not None and r["flow_token"] for r in sender)
+
+
+def ingest_aged(engine: Engine, ages_days: list[int]) -> list[SimulatedMessage]:
+    """A simulated stream whose callbacks were received ``ages_days`` ago, in turn."""
+    relax_durability(engine)
+    messages, stream = simulate(
+        SimulationConfig(messages=30, seed=12, shuffle="all", read_rate=1.0, completion_rate=0.6)
+    )
+    now = datetime.now(UTC)
+    for i, body in enumerate(stream):
+        age = ages_days[i * len(ages_days) // len(stream)]
+        received = now - timedelta(days=age) + timedelta(seconds=i)
+        ingest(engine, body, load_body(body), {}, received)
+    return messages
+
+
+def test_rebuild_after_prune_keeps_what_it_cannot_recreate(
+    engine: Engine, runner: FlaskCliRunner
+) -> None:
+    ingest_aged(engine, [60, 40, 0])  # deleted, body dropped, kept
+    result = runner.invoke(
+        args=["events", "prune", "--older-than", "30", "--delete-after", "50", "--yes"]
+    )
+    assert result.exit_code == 0, result.output
+    events = rows(engine, "callback_events")
+    assert any(e["body"] is None for e in events)
+    before = snapshot(engine, PROJECTION_TABLES)
+    assert any(r[-1] is None for r in before["delivery_reports"])  # source event deleted
+
+    report = rebuild(engine, batch_size=25)
+    assert report.pruned == sum(e["body"] is None for e in events)
+    assert report.events == sum(e["body"] is not None for e in events)
+    assert snapshot(engine, PROJECTION_TABLES) == before
+
+
+def test_rebuild_after_erasure_brings_nothing_back(
+    engine: Engine, make_app: Callable[..., Flask]
+) -> None:
+    messages = ingest_aged(engine, [0])
+    app = make_app(erasure_key="k" * 32)
+    erased = messages[0].identity
+    result = app.test_cli_runner().invoke(args=["contacts", "erase", "--identity", erased])
+    assert result.exit_code == 0, result.output
+    before = snapshot(engine, PROJECTION_TABLES)
+    rebuild(engine)
+    after = snapshot(engine, PROJECTION_TABLES)
+    assert after == before
+    assert erased not in repr(after)

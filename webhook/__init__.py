@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
+import click
 from flask import Flask
 
 from webhook.config import Settings
 from webhook.db import make_engine
 from webhook.errors import register_error_handlers
+from webhook.logs import configure_logging
 from webhook.migrate import head_revision
 from webhook.state import EXTENSION_KEY, AppState
 
@@ -20,6 +23,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app; nothing connects to the database until a request or command needs it."""
     settings = settings or Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.config["JSON_SORT_KEYS"] = False
@@ -28,15 +32,24 @@ def create_app(settings: Settings | None = None, config: Mapping[str, Any] | Non
     engine = make_engine(settings.database_url)
     app.extensions[EXTENSION_KEY] = AppState(settings, engine, head_revision())
 
-    from webhook import cli, routes
+    from webhook import cli, metrics, observe, routes
 
     app.register_blueprint(routes.bp)
+    app.register_blueprint(metrics.bp)
+    observe.init_app(app)
     cli.register(app)
     register_error_handlers(app)
 
-    if not settings.webhook_secrets:
+    if not settings.webhook_secrets and _serving():
         log.warning(
             "SINCH_WEBHOOK_SECRETS is not set: callbacks are accepted WITHOUT signature "
             "verification. Set it to the webhook secret configured in Sinch."
         )
     return app
+
+
+def _serving() -> bool:
+    """True unless loaded for a `flask` command other than `run` (the warning is noise there)."""
+    if click.get_current_context(silent=True) is None:
+        return True
+    return sys.argv[1:2] == ["run"]

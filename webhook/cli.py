@@ -78,7 +78,13 @@ def db_check() -> None:
 
 COMMAND_GROUPS: list[click.Group] = [db, events, report, flows, contacts]
 # Modules whose import attaches commands to the groups above (one line per feature).
-COMMAND_MODULES: list[str] = ["webhook.replay_cli", "webhook.forward_cli"]
+COMMAND_MODULES: list[str] = [
+    "webhook.flows.send_cli",
+    "webhook.retention",
+    "webhook.erasure",
+    "webhook.replay_cli",
+    "webhook.forward_cli",
+]
 
 
 def register(app: Flask) -> None:

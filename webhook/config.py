@@ -70,6 +70,10 @@ class Settings:
     sinch_region: str = "us"
     sinch_api_base_url: str = ""
     sinch_auth_url: str = "https://auth.sinch.com/oauth2/token"
+    # Conversation API client: per-request timeout, attempts per call, first backoff.
+    sinch_timeout_seconds: int = 10
+    sinch_max_attempts: int = 4
+    sinch_backoff_ms: int = 500
     # WhatsApp Flows data endpoint.
     meta_app_secrets: tuple[str, ...] = ()
     flows_private_keys: tuple[str, ...] = ()
@@ -105,6 +109,9 @@ class Settings:
             sinch_region=(e.get("SINCH_REGION") or "us").lower(),
             sinch_api_base_url=e.get("SINCH_API_BASE_URL", "").rstrip("/"),
             sinch_auth_url=e.get("SINCH_AUTH_URL") or "https://auth.sinch.com/oauth2/token",
+            sinch_timeout_seconds=_int(e, "SINCH_TIMEOUT_SECONDS", 10) or 10,
+            sinch_max_attempts=max(1, _int(e, "SINCH_MAX_ATTEMPTS", 4) or 1),
+            sinch_backoff_ms=max(0, _int(e, "SINCH_BACKOFF_MS", 500) or 0),
             meta_app_secrets=_split(e.get("META_APP_SECRET")),
             flows_private_keys=keys,
             flows_private_key_passphrases=_split(e.get("FLOWS_PRIVATE_KEY_PASSPHRASE")),

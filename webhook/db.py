@@ -19,6 +19,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if is_sqlite(url):
         return _sqlite_engine(url, **kwargs)
     options: dict[str, Any] = {
+        # Error messages (and so logs) never carry SQL parameters: bodies, numbers, answers.
+        "hide_parameters": True,
         # A dead connection after a database restart is replaced, not reported.
         "pool_pre_ping": True,
         "pool_size": 5,
@@ -37,7 +39,10 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         from pathlib import Path
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    options: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    options: dict[str, Any] = {
+        "hide_parameters": True,  # see make_engine
+        "connect_args": {"timeout": 30, "check_same_thread": False},
+    }
     options.update(kwargs)
     engine = create_engine(url, **options)
 

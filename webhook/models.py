@@ -66,6 +66,8 @@ text_opt = Annotated[str | None, mapped_column(Text)]
 ts = Annotated[datetime, mapped_column(UTCDateTime())]
 ts_opt = Annotated[datetime | None, mapped_column(UTCDateTime())]
 json_opt = Annotated[Any, mapped_column(JSONType, nullable=True)]
+# Indexed in each table: deleting raw events (retention) sets these to NULL, and
+# erasure follows them back to the raw event.
 source_fk = Annotated[
     int | None,
     mapped_column(BigId, ForeignKey("callback_events.id", ondelete="SET NULL"), nullable=True),
@@ -131,6 +133,7 @@ class InboundMessage(Base):
         Index("ix_inbound_messages_contact_id", "contact_id"),
         Index("ix_inbound_messages_identity", "identity"),
         Index("ix_inbound_messages_accept_time", "accept_time"),
+        Index("ix_inbound_messages_source_event_id", "source_event_id"),
     )
 
 
@@ -160,6 +163,7 @@ class FlowResponse(Base):
         Index("ix_flow_responses_completed_at", "completed_at"),
         Index("ix_flow_responses_contact_id", "contact_id"),
         Index("ix_flow_responses_identity", "identity"),
+        Index("ix_flow_responses_source_event_id", "source_event_id"),
     )
 
 
@@ -193,6 +197,7 @@ class DeliveryReport(Base):
         Index("ix_delivery_reports_status_event_time", "status", "event_time"),
         Index("ix_delivery_reports_contact_id", "contact_id"),
         Index("ix_delivery_reports_identity", "identity"),
+        Index("ix_delivery_reports_source_event_id", "source_event_id"),
     )
 
 
@@ -242,7 +247,8 @@ class FlowSend(Base):
     contact_id: Mapped[str64_opt]
     conversation_id: Mapped[str64_opt]
     correlation_id: Mapped[str128_opt]
-    # "accepted", "rejected" (API sends) or "submitted" (seen only in MESSAGE_SUBMIT).
+    # "accepted", "rejected", "failed", "unknown" (API sends; see webhook/flows/sending.py)
+    # or "submitted" (seen only in MESSAGE_SUBMIT).
     send_status: Mapped[str] = mapped_column(String(16))
     error: Mapped[text_opt]
     request_body: Mapped[json_opt]
@@ -255,6 +261,7 @@ class FlowSend(Base):
         Index("ix_flow_sends_flow_id", "flow_id"),
         Index("ix_flow_sends_contact_id", "contact_id"),
         Index("ix_flow_sends_identity", "identity"),
+        Index("ix_flow_sends_source_event_id", "source_event_id"),
     )
 
 

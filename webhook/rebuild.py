@@ -55,10 +55,10 @@ from webhook.replay_rows import (
     DELIVERY,
     FIRST_WINS_KEYS,
     FLOW_SENDS,
-    SENDER_STATUSES,
     STATUS,
     STATUS_COLUMNS,
     SUBMIT_FILL,
+    SUBMITTED,
     EventFields,
     Reclassified,
     StatusReport,
@@ -172,7 +172,7 @@ def _clear(conn: Connection, max_id: int, *, truncate: bool) -> _State:
         for name in FIRST_WINS_KEYS
     )
     fs = TABLES[FLOW_SENDS]
-    sender = fs.c.send_status.in_(SENDER_STATUSES)
+    sender = fs.c.send_status != SUBMITTED
     rebuildable = fs.c.source_event_id.in_(_rebuildable(max_id))
     if not keep_any and truncate and conn.dialect.name == "postgresql":
         conn.execute(text(f"TRUNCATE {', '.join(FIRST_WINS_KEYS)}, {STATUS}"))

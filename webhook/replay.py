@@ -40,6 +40,7 @@ from webhook.replay_rows import (
     FLOW_SENDS,
     STATUS,
     SUBMIT_FILL,
+    SUBMITTED,
     EventFields,
     Reclassified,
     StatusReport,
@@ -229,7 +230,7 @@ def _plan_flow_sends(
         if existing is None:
             plan.write("insert", FLOW_SENDS, None, row)
             continue
-        if existing["send_status"] == "submitted" and existing["source_event_id"] == event_id:
+        if existing["send_status"] == SUBMITTED and existing["source_event_id"] == event_id:
             # This event created the row: it takes this event's values as parsed today.
             wanted = {col: row[col] for col in (*SUBMIT_FILL, "submitted_at")}
         else:  # the sender's row, or another event's: only fill in what it lacks
@@ -242,7 +243,7 @@ def _plan_flow_sends(
     for mid, existing in mine.items():
         if mid in seen:
             continue
-        if existing["send_status"] == "submitted":
+        if existing["send_status"] == SUBMITTED:
             plan.write("delete", FLOW_SENDS, existing["id"], {})
         else:  # the sender's row stays; what this event filled in goes
             cleared = {"submitted_at": None, "source_event_id": None}

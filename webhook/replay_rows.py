@@ -41,8 +41,9 @@ SUBMIT_FILL = (
     "flow_id", "flow_token", "flow_mode", "flow_cta", "flow_action", "screen", "channel",
     "identity", "contact_id", "conversation_id", "correlation_id",
 )  # fmt: skip
-# flow_sends rows from our own sender; replay never deletes them, only what callbacks filled.
-SENDER_STATUSES = ("accepted", "rejected")
+# send_status of a flow_sends row a MESSAGE_SUBMIT created. Every other status is a row
+# our own sender recorded: replay never deletes those, only what callbacks filled in.
+SUBMITTED = "submitted"
 
 
 def inbound_row(r: InboundMessageRecord, event_id: int | None) -> dict[str, Any]:
@@ -92,7 +93,7 @@ def flow_send_row(r: FlowSendRecord, event_id: int | None) -> dict[str, Any]:
         "flow_mode": r.flow_mode, "flow_cta": r.flow_cta, "flow_action": r.flow_action,
         "screen": r.screen, "channel": r.channel, "identity": r.identity,
         "contact_id": r.contact_id, "conversation_id": r.conversation_id,
-        "correlation_id": r.correlation_id, "send_status": "submitted",
+        "correlation_id": r.correlation_id, "send_status": SUBMITTED,
         "submitted_at": r.submitted_at, "source_event_id": event_id,
     }  # fmt: skip
 

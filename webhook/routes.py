@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import text
 
 from webhook.callbacks import InvalidBody, load_body
@@ -44,6 +44,7 @@ def receive_callback() -> Response:
             "the callback could not be stored; retry later",
             Retry_After=str(settings.retry_after_seconds),
         )
+    g.ingest_result = result  # for the log line and metrics (webhook/observe.py)
     return jsonify(
         outcome=result.outcome,
         event_id=result.event_id,

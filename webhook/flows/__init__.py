@@ -1,0 +1,1 @@
+"""WhatsApp Flows: sending flow messages and serving the flows data endpoint."""
