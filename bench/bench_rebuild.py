@@ -36,7 +36,7 @@ from webhook.callbacks import load_body, parse_envelope
 from webhook.db import make_engine
 from webhook.ingest import classify
 from webhook.models import CallbackEvent
-from webhook.rebuild import rebuild
+from webhook.rebuild import default_workers, rebuild
 from webhook.simulate import SimulationConfig, simulate
 
 DEFAULT_PG = "postgresql+psycopg://127.0.0.1:5432/test"
@@ -108,31 +108,64 @@ def load(engine: Engine, all_bodies: list[bytes]) -> float:
 
 def uptime() -> str:
     try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     except OSError:
-        return "uptime unavailable"
+        return "?"
+    return out.split("load average:")[-1].strip()
 
 
-def run(url: str, all_bodies: list[bytes], batch_size: int) -> dict[str, Any]:
+def pg_backend_cpu(engine: Engine) -> float | None:
+    """CPU seconds used so far by this database's server processes (local server only)."""
+    name = engine.url.database
+    try:
+        with engine.connect() as conn:
+            pids = conn.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": name}
+            ).scalars()
+            ticks = 0
+            for pid in pids:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+    except OSError:
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run(
+    url: str, all_bodies: list[bytes], batch_size: int, runs: int, workers: int | None
+) -> dict[str, Any]:
     engine = make_engine(url)
     migrate.upgrade(engine)
     loaded = load(engine, all_bodies)
-    results: dict[str, Any] = {"events": len(all_bodies), "load_s": loaded}
-    for label in ("empty", "again"):
+    n = len(all_bodies)
+    print(f"  loaded {n:,} events in {loaded:.0f} s", flush=True)
+    workers = default_workers(n) if workers is None else workers
+    results: dict[str, Any] = {"events": n, "runs": [], "workers": workers}
+    pg = engine.dialect.name == "postgresql"
+    for i in range(runs):
         load_before = uptime()
-        report = rebuild(engine, batch_size=batch_size)
-        assert report.events == len(all_bodies), report
+        cpu0, pg0 = time.process_time(), pg_backend_cpu(engine) if pg else None
+        report = rebuild(engine, batch_size=batch_size, workers=workers)
+        cpu1, pg1 = time.process_time(), pg_backend_cpu(engine) if pg else None
+        assert report.events == n, report
         assert report.failed == 0, report.failures
-        results[label] = {
+        run_ = {
+            "into": "empty tables" if i == 0 else "filled tables",
             "seconds": report.seconds,
-            "rate": report.events / report.seconds,
-            "uptime": load_before,
+            "rate": n / report.seconds,
+            "load": load_before,
+            "python_us": (cpu1 - cpu0) / n * 1e6,
+            "pg_us": (pg1 - pg0) / n * 1e6 if pg0 is not None and pg1 is not None else None,
             "rows": report.rows,
-            "slow_batches": report.slow_batches,
         }
-        rate = report.events / report.seconds
-        print(f"  rebuild ({label}): {report.seconds:.1f} s, {rate:,.0f} events/s", flush=True)
-        print(f"    before: {load_before}", flush=True)
+        results["runs"].append(run_)
+        pg_cpu = f", PostgreSQL {run_['pg_us']:.0f} us" if run_["pg_us"] is not None else ""
+        print(
+            f"  rebuild {i + 1} into {run_['into']}: {report.seconds:.1f} s, "
+            f"{run_['rate']:,.0f} events/s; CPU per event: Python {run_['python_us']:.0f} us"
+            f"{pg_cpu}; load average before: {load_before}",
+            flush=True,
+        )
     engine.dispose()
     return results
 
@@ -144,31 +177,36 @@ def section(results: dict[str, dict[str, Any]], argv: list[str], batch_size: int
         "`flask events rebuild` empties the projection tables and re-projects every stored",
         "event, in id order, in batches (one transaction each). Measured by",
         "`bench/bench_rebuild.py`: simulated flow traffic (webhook/simulate.py, locally",
-        "reordered) loaded straight into `callback_events`, then `rebuild()` timed into",
-        "empty tables and again over the filled tables (which it empties first).",
+        "reordered; about 4 callbacks per flow message) loaded straight into",
+        "`callback_events`, then `rebuild()` timed several times: first into empty tables,",
+        "then over the tables the previous run filled (which it empties first). CPU per",
+        "event is the benchmark process's CPU time (all its threads; not the parsing",
+        "processes, when there are some) and, on PostgreSQL, the CPU time of the",
+        "database's server processes, both divided by the events.",
         "",
         f"Command: `.venv/bin/python bench/bench_rebuild.py {' '.join(argv)}`  ",
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; batch size {batch_size}.  ",
-        f"Machine: {os.cpu_count()} CPUs shared with other work, Python "
-        f"{platform.python_version()}, PostgreSQL on 127.0.0.1 (same machine).",
+        f"Machine: {os.cpu_count()} CPUs shared with other engineers' builds and "
+        f"benchmarks, Python {platform.python_version()}, PostgreSQL on 127.0.0.1.",
         "",
-        "| database | events | into empty tables | over filled tables "
-        "| load average before each run |",
-        "|---|---:|---:|---:|---|",
+        "| database | events | parsing processes | run | seconds | events/s "
+        "| CPU/event: Python (main process) | CPU/event: PostgreSQL "
+        "| load average before (1, 5, 15 min) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for name, r in results.items():
-        e, a = r["empty"], r["again"]
-        load = e["uptime"].split("load average:")[-1].strip()
-        load2 = a["uptime"].split("load average:")[-1].strip()
-        lines.append(
-            f"| {name} | {r['events']:,} | {e['rate']:,.0f} events/s ({e['seconds']:.1f} s) "
-            f"| {a['rate']:,.0f} events/s ({a['seconds']:.1f} s) | {load} / {load2} |"
-        )
-    rows = next(iter(results.values()))["again"]["rows"]
+        for run_ in r["runs"]:
+            pg = f"{run_['pg_us']:.0f} us" if run_["pg_us"] is not None else "-"
+            lines.append(
+                f"| {name} | {r['events']:,} | {r['workers']} | into {run_['into']} "
+                f"| {run_['seconds']:.1f} "
+                f"| {run_['rate']:,.0f} | {run_['python_us']:.0f} us | {pg} | {run_['load']} |"
+            )
+    first = next(iter(results.values()))["runs"][-1]["rows"]
     lines += [
         "",
-        "Rows written per rebuild of the PostgreSQL run: "
-        + ", ".join(f"{k} {v:,}" for k, v in rows.items())
+        "Rows each rebuild writes (first database above): "
+        + ", ".join(f"{k} {v:,}" for k, v in first.items())
         + ".",
         "",
     ]
@@ -192,6 +230,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000, help="PostgreSQL run")
     parser.add_argument("--sqlite-events", type=int, default=None, help="default: --events")
     parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=3, help="rebuilds per database")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="parsing processes (default: as the CLI)"
+    )
     parser.add_argument("--pg-url", default=os.environ.get("TEST_DATABASE_URL", DEFAULT_PG))
     parser.add_argument("--backends", default="postgresql,sqlite")
     parser.add_argument("--write", type=Path, help="write the Rebuild section into this file")
@@ -210,7 +252,9 @@ def main() -> None:
         try:
             url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
             print(f"PostgreSQL, {args.events:,} events", flush=True)
-            results["PostgreSQL"] = run(url, all_bodies[: args.events], args.batch_size)
+            results["PostgreSQL"] = run(
+                url, all_bodies[: args.events], args.batch_size, args.runs, args.workers
+            )
         finally:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -218,8 +262,9 @@ def main() -> None:
     if "sqlite" in backends:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"SQLite, {sqlite_n:,} events", flush=True)
+            url = f"sqlite:///{tmp}/bench.db"
             results["SQLite"] = run(
-                f"sqlite:///{tmp}/bench.db", all_bodies[:sqlite_n], args.batch_size
+                url, all_bodies[:sqlite_n], args.batch_size, args.runs, args.workers
             )
     if args.write:
         write_section(args.write, section(results, sys.argv[1:], args.batch_size))

@@ -8,7 +8,7 @@ inserted, updated, left unchanged and deleted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -35,15 +35,12 @@ class Writer:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            self._insert(name, list(rows[0]), (row.values() for row in rows))
-
-    def insert_statuses(self, rows: list[StatusRow]) -> None:
-        if rows:
-            self._insert(STATUS, STATUS_COLUMNS, rows)
-
-    def _insert(self, name: str, columns: Sequence[str], rows: Iterable[Iterable[Any]]) -> None:
+    def insert_tuples(
+        self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert ``rows``, each a sequence of values for ``columns``."""
+        if not rows:
+            return
         dialect = self.conn.dialect
         table = TABLES[name]
         procs = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
@@ -54,35 +51,23 @@ class Writer:
         sql = f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({marks})"
         self.conn.exec_driver_sql(sql, params)
 
+    def insert_statuses(self, rows: Sequence[StatusRow]) -> None:
+        self.insert_tuples(STATUS, STATUS_COLUMNS, rows)  # a StatusRow is such a tuple
+
 
 class CopyWriter(Writer):
     """PostgreSQL binary COPY: several times faster than INSERT for many rows."""
 
-    def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
+    def insert_tuples(
+        self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
         if not rows:
             return
         table = TABLES[name]
-        columns = list(rows[0])
-        json_cols = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, JSON)]
-        if not json_cols:
-            self._copy(name, columns, (tuple(row.values()) for row in rows))
-            return
-        tuples = []
-        for row in rows:
-            values = list(row.values())
-            for i in json_cols:
-                # As SQLAlchemy binds JSON: None is JSON null, not SQL NULL.
-                values[i] = Jsonb(values[i])
-            tuples.append(values)
-        self._copy(name, columns, tuples)
-
-    def insert_statuses(self, rows: list[StatusRow]) -> None:
-        if rows:  # a StatusRow is already a tuple in column order
-            self._copy(STATUS, STATUS_COLUMNS, rows)
-
-    def _copy(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        table = TABLES[name]
         types = [_pg_type(table.c[c].type) for c in columns]
+        json_cols = [i for i, t in enumerate(types) if t == "jsonb"]
+        if json_cols:
+            rows = [_with_json(row, json_cols) for row in rows]
         driver = self.conn.connection.driver_connection
         assert driver is not None
         sql = f"COPY {name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
@@ -90,6 +75,14 @@ class CopyWriter(Writer):
             copy.set_types(types)
             for row in rows:
                 copy.write_row(row)
+
+
+def _with_json(row: Sequence[Any], json_cols: list[int]) -> list[Any]:
+    values = list(row)
+    for i in json_cols:
+        # As SQLAlchemy binds JSON: None is JSON null, not SQL NULL.
+        values[i] = Jsonb(values[i])
+    return values
 
 
 def _pg_type(column_type: Any) -> str:

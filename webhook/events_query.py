@@ -49,6 +49,7 @@ class Selection:
 
     total: int
     pruned: int  # selected but without a body (removed by retention)
+    min_id: int
     max_id: int
 
     @property
@@ -58,10 +59,10 @@ class Selection:
 
 def count_selection(conn: Connection, where: ColumnElement[bool]) -> Selection:
     c = EVENTS.c
-    total, with_body, max_id = conn.execute(
-        select(func.count(), func.count(c.body), func.max(c.id)).where(where)
+    total, with_body, min_id, max_id = conn.execute(
+        select(func.count(), func.count(c.body), func.min(c.id), func.max(c.id)).where(where)
     ).one()
-    return Selection(int(total), int(total) - int(with_body), int(max_id or 0))
+    return Selection(int(total), int(total) - int(with_body), int(min_id or 0), int(max_id or 0))
 
 
 def read_batch(

@@ -18,8 +18,12 @@ callback-filled submitted_at and source_event_id are cleared and filled again).
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Generator, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +44,15 @@ from sqlalchemy import (
 )
 
 from webhook.bulk import Writer, diff_tables, row_counts, snapshot_tables, writer_for
-from webhook.events_query import EVENTS, count_selection, iter_batches, prefetch
+from webhook.db import make_engine
+from webhook.events_query import (
+    EVENTS,
+    Selection,
+    count_selection,
+    iter_batches,
+    prefetch,
+    read_batch,
+)
 from webhook.ingest import _describe
 from webhook.models import FlowSend, MessageStatus
 from webhook.projections import apply_records, upsert_insert
@@ -55,18 +67,23 @@ from webhook.replay_rows import (
     DELIVERY,
     FIRST_WINS_KEYS,
     FLOW_SENDS,
+    ROW_COLUMNS,
+    SEND_MESSAGE_ID,
     STATUS,
     STATUS_COLUMNS,
     SUBMIT_FILL,
     SUBMITTED,
+    TUPLE_KEYS,
     EventFields,
-    Reclassified,
+    Prepared,
     StatusReport,
     StatusRow,
+    StoredEvent,
     failed_fields,
     fold_status,
     key_of,
-    merge_flow_send,
+    merge_send_tuple,
+    prepare,
     reclassify,
     report_from_history,
     status_row_from_db,
@@ -82,12 +99,16 @@ def rebuild(
     dry_run: bool = False,
     progress: Progress | None = None,
     bulk: bool = True,
+    workers: int = 0,
 ) -> ReplayReport:
     """Empty the projections and replay every stored event into them, batch by batch.
 
     Each batch is its own transaction, so a rebuild that stops half-way leaves the
     tables partly rebuilt: run it again. With ``dry_run`` everything happens in one
     transaction that is rolled back, and the report says per table what would change.
+    With ``workers`` > 0, that many processes read and parse batches ahead (see
+    default_workers; they are spawned, so a calling script needs the usual
+    ``if __name__ == "__main__"`` guard); with 0, a thread of this process does.
     ``bulk=False`` replays every event through the live code (slow; for comparison).
     """
     started = time.perf_counter()
@@ -100,7 +121,8 @@ def rebuild(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        with closing(prefetch(lambda: _prepared(engine, selection.max_id, batch_size))) as batches:
+        batches = _prepared_batches(engine, selection, batch_size, workers)
+        with closing(batches):
             _run(engine, selection.max_id, batches, report, dry_run, bulk, progress)
     finally:
         if collecting:
@@ -110,7 +132,7 @@ def rebuild(
 
 
 def _run(
-    engine: Engine, max_id: int, batches: Iterator[list[Reclassified]], report: ReplayReport,
+    engine: Engine, max_id: int, batches: Iterator[list[Prepared]], report: ReplayReport,
     dry_run: bool, bulk: bool, progress: Progress | None,
 ) -> None:  # fmt: skip
     if dry_run:
@@ -136,10 +158,76 @@ def _run(
             report.rows = row_counts(conn)
 
 
-def _prepared(engine: Engine, max_id: int, batch_size: int) -> Iterator[list[Reclassified]]:
-    """Stored events with a body, in id order, parsed again: the pure half of the work."""
+# ---------------------------------------------------------------- reading and parsing
+# The pure half of the work (read a batch, parse every body again) runs ahead of the
+# writes: in a thread, or for large rebuilds in worker processes, so that parsing
+# uses every CPU instead of sharing one interpreter lock with the writer.
+
+PROCESS_THRESHOLD = 50_000
+PARSE_WORKERS = 2
+
+
+def default_workers(events: int) -> int:
+    """Parse in processes (one per CPU, at most PARSE_WORKERS) once that pays for itself."""
+    if events < PROCESS_THRESHOLD:
+        return 0  # starting processes costs about a second
+    return min(os.cpu_count() or 1, PARSE_WORKERS)
+
+
+def _prepared_batches(
+    engine: Engine, selection: Selection, batch_size: int, workers: int
+) -> Generator[list[Prepared], None, None]:
+    if workers <= 0:
+        return prefetch(lambda: _in_thread(engine, selection.max_id, batch_size))
+    return _in_processes(engine, selection, batch_size, workers)
+
+
+def _in_thread(engine: Engine, max_id: int, batch_size: int) -> Iterator[list[Prepared]]:
     for events in iter_batches(engine, true(), max_id, batch_size):
-        yield [reclassify(event) for event in events]
+        yield [prepare(event) for event in events]
+
+
+def _in_processes(
+    engine: Engine, selection: Selection, batch_size: int, workers: int
+) -> Generator[list[Prepared], None, None]:
+    """Batches of consecutive ids, parsed by ``workers`` processes, yielded in order."""
+    url = engine.url.render_as_string(hide_password=False)
+    context = multiprocessing.get_context("spawn")  # no copied connections or threads
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_start, initargs=(url,)
+    ) as pool:
+        starts = iter(range(selection.min_id, selection.max_id + 1, batch_size))
+        pending: deque[Future[list[Prepared]]] = deque()
+        try:
+            for start in starts:
+                end = min(start + batch_size - 1, selection.max_id)
+                pending.append(pool.submit(_worker_batch, start, end))
+                if len(pending) > 2 * workers and (batch := pending.popleft().result()):
+                    yield batch
+            while pending:
+                if batch := pending.popleft().result():
+                    yield batch
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+_WORKER_ENGINE: Engine | None = None
+
+
+def _worker_start(url: str) -> None:
+    global _WORKER_ENGINE
+    gc.disable()
+    _WORKER_ENGINE = make_engine(url)
+
+
+def _worker_batch(first_id: int, last_id: int) -> list[Prepared]:
+    """Events with ids first_id..last_id (and a body), parsed (in a worker process)."""
+    assert _WORKER_ENGINE is not None
+    with _WORKER_ENGINE.connect() as conn:
+        conn.execution_options(sqlite_begin="DEFERRED")  # a read: no write lock
+        events = read_batch(conn, true(), first_id - 1, last_id, last_id - first_id + 1)
+    return [prepare(event) for event in events]
 
 
 # ---------------------------------------------------------------- clearing
@@ -221,9 +309,9 @@ def _seed_statuses(conn: Connection, state: _State) -> None:
 
 
 def _replay_batch(
-    conn: Connection, state: _State, items: list[Reclassified], report: ReplayReport, bulk: bool
+    conn: Connection, state: _State, items: list[Prepared], report: ReplayReport, bulk: bool
 ) -> None:
-    final = {item.event.id: item.fields for item in items}
+    final = {item.id: (item.fields, item.changed) for item in items}
     done = False
     if bulk:
         savepoint = conn.begin_nested()
@@ -240,9 +328,13 @@ def _replay_batch(
     if not done:
         report.slow_batches += 1 if bulk else 0
         final = _slow_write(conn, state, items)
+    changed = []
     for item in items:
-        report.note(item, final[item.event.id])
-    update_events(conn, [(item, final[item.event.id]) for item in items])
+        fields, differs = final[item.id]
+        report.note(item.id, item.status, fields)
+        if differs:
+            changed.append((item.id, fields))
+    update_events(conn, changed)
 
 
 def _merge_state(state: _State, pending: _State) -> None:
@@ -252,38 +344,43 @@ def _merge_state(state: _State, pending: _State) -> None:
     state.statuses |= pending.statuses
 
 
-def _bulk_write(conn: Connection, state: _State, items: list[Reclassified]) -> _State:
+def _bulk_write(conn: Connection, state: _State, items: list[Prepared]) -> _State:
     """Write a batch with one statement per table; return the keys it added."""
     pending = _State({name: set() for name in FIRST_WINS_KEYS}, set(), set())
-    inserts: dict[str, list[dict[str, Any]]] = {name: [] for name in FIRST_WINS_KEYS}
-    new_sends: dict[str, dict[str, Any]] = {}
-    send_merges: list[dict[str, Any]] = []
+    inserts: dict[str, list[tuple[Any, ...]]] = {name: [] for name in FIRST_WINS_KEYS}
+    new_sends: dict[str, tuple[Any, ...]] = {}
+    send_merges: list[tuple[Any, ...]] = []
     reports: list[StatusReport] = []
     for item in items:
         rows = item.rows
         if rows is None:
             continue
         for name in FIRST_WINS_KEYS:
-            for row in rows.rows.get(name, ()):
-                key = key_of(name, row)
-                if key not in state.keys[name] and key not in pending.keys[name]:
-                    pending.keys[name].add(key)
+            if name not in rows:
+                continue
+            key_of_row, known, added = TUPLE_KEYS[name], state.keys[name], pending.keys[name]
+            for row in rows[name]:
+                key = key_of_row(row)
+                if key not in known and key not in added:
+                    added.add(key)
                     inserts[name].append(row)
-        for row in rows.rows.get(FLOW_SENDS, ()):
-            mid = row["message_id"]
+        for row in rows.get(FLOW_SENDS, ()):
+            mid = row[SEND_MESSAGE_ID]
             if mid in new_sends:
-                new_sends[mid] = merge_flow_send(new_sends[mid], row)
+                new_sends[mid] = merge_send_tuple(new_sends[mid], row)
             elif mid in state.flow_sends:
                 send_merges.append(row)
             else:
                 new_sends[mid] = row
-        reports.extend(rows.reports)
+        reports.extend(StatusReport._make(r) for r in item.reports)
     writer = writer_for(conn)
-    for name, rows_ in inserts.items():
-        writer.insert(name, rows_)
-    writer.insert(FLOW_SENDS, list(new_sends.values()))
+    for name, tuples in inserts.items():
+        writer.insert_tuples(name, ROW_COLUMNS[name], tuples)
+    writer.insert_tuples(FLOW_SENDS, ROW_COLUMNS[FLOW_SENDS], list(new_sends.values()))
     if send_merges:
-        conn.execute(_submit_merge_statement(conn), send_merges)
+        columns = ROW_COLUMNS[FLOW_SENDS]
+        params = [dict(zip(columns, row, strict=True)) for row in send_merges]
+        conn.execute(_submit_merge_statement(conn), params)
     pending.flow_sends.update(new_sends)
     _write_statuses(conn, writer, state, pending, reports)
     return pending
@@ -339,29 +436,36 @@ def _submit_merge_statement(conn: Connection) -> Any:
 
 
 def _slow_write(
-    conn: Connection, state: _State, items: list[Reclassified]
-) -> dict[int, EventFields]:
-    """Replay each event through the live projection code, in its own savepoint."""
-    final: dict[int, EventFields] = {}
+    conn: Connection, state: _State, items: list[Prepared]
+) -> dict[int, tuple[EventFields, bool]]:
+    """Replay each event through the live projection code, in its own savepoint.
+
+    Returns each event's fields, and whether they differ from the stored ones.
+    """
+    final: dict[int, tuple[EventFields, bool]] = {}
+    parsed = {e.id: reclassify(e) for e in _read_ids(conn, [item.id for item in items])}
     for item in items:
         fields = item.fields
-        if item.records:
+        again = parsed[item.id]
+        if again.records:
             try:
                 with conn.begin_nested():
-                    apply_records(conn, item.records, item.event.id, item.event.received_at)
+                    apply_records(conn, again.records, item.id, again.event.received_at)
             except Exception as err:
                 if is_unavailable(err):
                     raise
                 fields = failed_fields(fields, f"projection failed: {_describe(err)}")
             else:
-                rows = item.rows
+                rows = again.rows
                 assert rows is not None
                 for name in FIRST_WINS_KEYS:
                     state.keys[name].update(key_of(name, row) for row in rows.rows.get(name, ()))
                 state.flow_sends.update(row["message_id"] for row in rows.rows.get(FLOW_SENDS, ()))
                 state.statuses.update(r.message_id for r in rows.reports)
-        final[item.event.id] = fields
+        final[item.id] = (fields, fields != again.event.fields)
     return final
 
 
-# ---------------------------------------------------------------- writers
+def _read_ids(conn: Connection, ids: list[int]) -> list[StoredEvent]:
+    first, last = min(ids), max(ids)
+    return read_batch(conn, EVENTS.c.id.in_(ids), first - 1, last, len(ids))

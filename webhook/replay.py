@@ -131,7 +131,7 @@ def _reprocess_batch(
 ) -> None:
     held = _held_rows(conn, [item.event.id for item in items])
     affected: set[str] = set()
-    decided: list[tuple[Reclassified, EventFields]] = []
+    changed: list[tuple[int, EventFields]] = []
     for item in items:
         fields = item.fields
         plan = _plan(conn, item, held)
@@ -150,10 +150,11 @@ def _reprocess_batch(
             report.changes[name].add(change)
         affected |= plan.affected
         lost.extend(plan.lost)
-        report.note(item, fields)
-        decided.append((item, fields))
+        report.note(item.event.id, item.event.status, fields)
+        if fields != item.event.fields:
+            changed.append((item.event.id, fields))
     _recompute_statuses(conn, affected, lost, report.changes[STATUS])
-    update_events(conn, decided)
+    update_events(conn, changed)
 
 
 def _held_rows(conn: Connection, event_ids: list[int]) -> Held:

@@ -19,7 +19,7 @@ from webhook.callbacks import TRIGGERS, UNKNOWN, ParseError, parse_time
 from webhook.cli import events
 from webhook.events_query import EventFilter, count_selection
 from webhook.ingest import FAILED, IGNORED, PROCESSED, StorageUnavailable
-from webhook.rebuild import rebuild
+from webhook.rebuild import default_workers, rebuild
 from webhook.replay import reprocess
 from webhook.replay_report import ReplayReport
 from webhook.state import state
@@ -221,7 +221,10 @@ def reprocess_command(
 @events.command("rebuild")
 @click.option("--dry-run", is_flag=True, help="Show per table what would change; write nothing.")
 @click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1))
-def rebuild_command(dry_run: bool, batch_size: int) -> None:
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Processes parsing ahead of the writes (default: 2 from 50,000 events "
+              "on a machine with 2 or more CPUs; 0: a thread).")  # fmt: skip
+def rebuild_command(dry_run: bool, batch_size: int, workers: int | None) -> None:
     """Empty the projection tables and rebuild them from every stored event, in order.
 
     Batches of events are re-projected, each batch in its own transaction, with the
@@ -232,8 +235,13 @@ def rebuild_command(dry_run: bool, batch_size: int) -> None:
     with database_errors():
         with engine.connect() as conn:
             selection = count_selection(conn, EventFilter().clause())
+        if workers is None:
+            workers = default_workers(selection.with_body)
         with progress_bar(selection.with_body, "rebuild") as bar:
-            report = rebuild(engine, batch_size=batch_size, dry_run=dry_run, progress=bar.update)
+            report = rebuild(
+                engine, batch_size=batch_size, dry_run=dry_run, progress=bar.update,
+                workers=workers,
+            )  # fmt: skip
     _print_report(report, dry_run)
     click.echo(_summary("rebuilt from", report, dry_run))
 

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Table, bindparam, update
 from webhook.events_query import EVENTS
 from webhook.ingest import UNAVAILABLE_ERRORS
 from webhook.models import Base
-from webhook.replay_rows import PROJECTION_TABLES, EventFields, Reclassified
+from webhook.replay_rows import PROJECTION_TABLES, EventFields
 
 FAILURES_LISTED = 20
 TABLES: dict[str, Table] = {name: Base.metadata.tables[name] for name in PROJECTION_TABLES}
@@ -58,15 +58,15 @@ class ReplayReport:
     seconds: float = 0.0
     slow_batches: int = 0  # batches replayed event by event after a refused bulk write
 
-    def note(self, item: Reclassified, fields: EventFields) -> None:
+    def note(self, event_id: int, old_status: str, fields: EventFields) -> None:
         self.events += 1
         self.statuses[fields.status] += 1
-        if fields.status != item.event.status:
-            self.transitions[(item.event.status, fields.status)] += 1
+        if fields.status != old_status:
+            self.transitions[(old_status, fields.status)] += 1
         if fields.status == "failed":
             self.failed += 1
             if len(self.failures) < FAILURES_LISTED:
-                self.failures.append(Failure(item.event.id, fields.trigger, fields.error or ""))
+                self.failures.append(Failure(event_id, fields.trigger, fields.error or ""))
 
 
 _UNAVAILABLE = (*UNAVAILABLE_ERRORS, psycopg.OperationalError, psycopg.InterfaceError)
@@ -77,19 +77,18 @@ def is_unavailable(err: BaseException) -> bool:
     return isinstance(err, _UNAVAILABLE)
 
 
-def update_events(conn: Connection, decided: Iterable[tuple[Reclassified, EventFields]]) -> None:
-    """Store each event's new trigger, status and error where they changed."""
+def update_events(conn: Connection, changed: Iterable[tuple[int, EventFields]]) -> None:
+    """Store new trigger, status, error and envelope fields for these events."""
     now = datetime.now(UTC)
-    changed = [
-        {**{f"b_{k}": v for k, v in fields._asdict().items()}, "b_id": item.event.id}
-        for item, fields in decided
-        if (item.changed if fields is item.fields else fields != item.event.fields)
+    params = [
+        {**{f"b_{k}": v for k, v in fields._asdict().items()}, "b_id": event_id}
+        for event_id, fields in changed
     ]
-    if not changed:
+    if not params:
         return
     stmt = (
         update(EVENTS)
         .where(EVENTS.c.id == bindparam("b_id"))
         .values({**{n: bindparam(f"b_{n}") for n in EventFields._fields}, "processed_at": now})
     )
-    conn.execute(stmt, changed)
+    conn.execute(stmt, params)

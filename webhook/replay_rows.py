@@ -9,7 +9,8 @@ equals live ingestion, and tests/test_replay_rows.py that the fold equals the SQ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -147,6 +148,46 @@ def key_of(table: str, row: Mapping[str, Any]) -> tuple[Any, ...]:
     return _KEY_GETTERS[table](row)
 
 
+# ---------------------------------------------------------------- compact rows
+# Rebuild passes rows between processes and into COPY as plain tuples (cheap to build,
+# pickle and write), in the column order of the builders above.
+
+
+def _columns(
+    builder: Callable[..., dict[str, Any]], record_type: Any, *extra: Any
+) -> tuple[str, ...]:
+    blank = record_type(*([None] * len(dataclasses.fields(record_type))))
+    return tuple(builder(blank, None, *extra))
+
+
+ROW_COLUMNS: dict[str, tuple[str, ...]] = {
+    INBOUND: _columns(inbound_row, InboundMessageRecord),
+    FLOW_RESPONSES: _columns(flow_response_row, FlowResponseRecord),
+    DELIVERY: _columns(delivery_row, DeliveryReportRecord, None),
+    FLOW_SENDS: _columns(flow_send_row, FlowSendRecord),
+}
+
+
+def _tuple_key(table: str) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    index = [ROW_COLUMNS[table].index(c) for c in FIRST_WINS_KEYS[table]]
+    if len(index) == 1:
+        i = index[0]
+        return lambda row: (row[i],)
+    return itemgetter(*index)
+
+
+TUPLE_KEYS = {table: _tuple_key(table) for table in FIRST_WINS_KEYS}
+_SEND = {c: i for i, c in enumerate(ROW_COLUMNS[FLOW_SENDS])}
+SEND_MESSAGE_ID = _SEND["message_id"]
+
+
+def merge_send_tuple(existing: tuple[Any, ...], new: tuple[Any, ...]) -> tuple[Any, ...]:
+    """merge_flow_send on compact rows."""
+    merged = dict(zip(ROW_COLUMNS[FLOW_SENDS], existing, strict=True))
+    merged = merge_flow_send(merged, dict(zip(ROW_COLUMNS[FLOW_SENDS], new, strict=True)))
+    return tuple(merged.values())
+
+
 # ---------------------------------------------------------------- stored events
 # NamedTuples, not dataclasses: replay builds millions of them and tuples are cheapest.
 
@@ -216,6 +257,29 @@ def reclassify(event: StoredEvent) -> Reclassified:
 
 def failed_fields(fields: EventFields, error: str) -> EventFields:
     return fields._replace(status=FAILED, error=error)
+
+
+class Prepared(NamedTuple):
+    """A stored event parsed again, in the compact form rebuild writes from."""
+
+    id: int
+    status: str  # as stored
+    fields: EventFields  # as ingest would store them today
+    changed: bool
+    rows: dict[str, list[tuple[Any, ...]]] | None  # ROW_COLUMNS order; None: no records
+    reports: list[tuple[Any, ...]]  # StatusReport fields
+
+
+def prepare(event: StoredEvent) -> Prepared:
+    """reclassify() in the compact form (pure; runs in reader threads or processes)."""
+    item = reclassify(event)
+    fields = EventFields(*item.fields)  # a fresh plain copy pickles without references
+    if item.rows is None:
+        return Prepared(event.id, event.status, fields, item.changed, None, [])
+    rows = {name: [tuple(r.values()) for r in rs] for name, rs in item.rows.rows.items()}
+    return Prepared(
+        event.id, event.status, fields, item.changed, rows, [tuple(r) for r in item.rows.reports]
+    )
 
 
 # ---------------------------------------------------------------- message_status
