@@ -84,6 +84,8 @@ COMMAND_MODULES: list[str] = [
     "webhook.erasure",
     "webhook.report_cli",
     "webhook.flows.keys_cli",
+    "webhook.replay_cli",
+    "webhook.forward_cli",
 ]
 
 
