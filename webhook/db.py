@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -61,6 +66,34 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+_lock_files = threading.local()
+
+
+@contextmanager
+def write_lock(engine: Engine) -> Iterator[None]:
+    """On a SQLite file, hold an exclusive lock on ``<db>-writelock`` around a write.
+
+    SQLite lets one writer in at a time; the others wait in its busy handler, which
+    polls with sleeps of up to 100 ms, so under concurrent callbacks most of the time is
+    spent asleep with the lock free. An flock() waiter is woken the moment the lock is
+    released. Each thread opens its own descriptor (flock excludes descriptors, not
+    processes), so threads and processes queue alike. PostgreSQL: no-op.
+    """
+    path = make_url(str(engine.url)).database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    fds: dict[str, int] = _lock_files.__dict__.setdefault("fds", {})
+    fd = fds.get(path)
+    if fd is None:
+        fd = fds[path] = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -9,14 +9,18 @@ cannot be written raises StorageUnavailable, which the endpoint answers with 503
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, exc
+from sqlalchemy import Connection, Engine, bindparam, exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import ReturningInsert
 
+from webhook import fastpath
 from webhook.callbacks import (
     UNKNOWN,
     ParsedCallback,
@@ -25,8 +29,9 @@ from webhook.callbacks import (
     parse_callback,
     parse_envelope,
 )
+from webhook.db import write_lock
 from webhook.models import CallbackEvent
-from webhook.projections import apply_records, upsert_insert
+from webhook.projections import apply_records
 
 PROCESSED, IGNORED, FAILED = "processed", "ignored", "failed"
 STORED, DUPLICATE = "stored", "duplicate"
@@ -87,6 +92,59 @@ def _describe(err: BaseException) -> str:
     return f"{type(orig).__name__}: {first_line}"[:500]
 
 
+def event_values(
+    *,
+    body: bytes,
+    digest: str,
+    headers: Mapping[str, str],
+    received_at: datetime,
+    payload: Mapping[str, Any],
+    outcome: Outcome,
+) -> dict[str, Any]:
+    """The callback_events row for one body."""
+    envelope = outcome.parsed.envelope if outcome.parsed else parse_envelope(payload)
+    return {
+        "body": body,
+        "body_sha256": digest,
+        "headers": dict(headers) or None,
+        "received_at": received_at,
+        "trigger": outcome.trigger,
+        "app_id": envelope.app_id,
+        "project_id": envelope.project_id,
+        "event_time": envelope.event_time,
+        "correlation_id": envelope.correlation_id,
+        "status": outcome.status,
+        "error": outcome.error,
+        "processed_at": received_at,
+    }
+
+
+EVENT_COLUMNS = ("body", "body_sha256", "headers", "received_at", "trigger", "app_id",
+                 "project_id", "event_time", "correlation_id", "status", "error",
+                 "processed_at")  # fmt: skip
+
+
+def event_statement(dialect: str, prefix: str = "") -> ReturningInsert[int]:
+    """INSERT the raw event unless its digest is stored; RETURNING its id (binds: prefix+col)."""
+    table = CallbackEvent.__table__
+    binds = {c: bindparam(prefix + c, type_=table.c[c].type) for c in EVENT_COLUMNS}
+    ins = (
+        postgresql.insert(CallbackEvent)
+        if dialect == "postgresql"
+        else sqlite.insert(CallbackEvent)
+    )
+    return (
+        ins.values(binds)
+        .on_conflict_do_nothing(index_elements=["body_sha256"])
+        .returning(CallbackEvent.id)
+    )
+
+
+@functools.cache
+def _event_statement(dialect: str) -> ReturningInsert[int]:
+    return event_statement(dialect)
+
+
 def insert_event(
     conn: Connection,
     *,
@@ -98,27 +156,9 @@ def insert_event(
     outcome: Outcome,
 ) -> int | None:
     """Insert the raw event; return its id, or None if this body is already stored."""
-    envelope = outcome.parsed.envelope if outcome.parsed else parse_envelope(payload)
-    stmt = (
-        upsert_insert(conn, CallbackEvent)
-        .values(
-            body=body,
-            body_sha256=digest,
-            headers=dict(headers) or None,
-            received_at=received_at,
-            trigger=outcome.trigger,
-            app_id=envelope.app_id,
-            project_id=envelope.project_id,
-            event_time=envelope.event_time,
-            correlation_id=envelope.correlation_id,
-            status=outcome.status,
-            error=outcome.error,
-            processed_at=received_at,
-        )
-        .on_conflict_do_nothing(index_elements=["body_sha256"])
-        .returning(CallbackEvent.id)
-    )
-    return conn.execute(stmt).scalar()
+    values = event_values(body=body, digest=digest, headers=headers, received_at=received_at,
+                          payload=payload, outcome=outcome)  # fmt: skip
+    return conn.execute(_event_statement(conn.dialect.name), values).scalar()
 
 
 class _ProjectionFailed(Exception):
@@ -134,19 +174,47 @@ def ingest(
     headers: Mapping[str, str] | None = None,
     received_at: datetime | None = None,
 ) -> IngestResult:
-    """Store ``body`` (already verified, parsed to ``payload``) and project it; commit once."""
-    received_at = received_at or datetime.now(UTC)
-    digest = body_digest(body)
+    """Store ``body`` (already verified, parsed to ``payload``) and project it; commit once.
+
+    On PostgreSQL the whole callback is one statement (webhook.fastpath); callbacks it
+    cannot take, and any error, go the generic way, with the same rows as the result.
+    """
     outcome = classify(payload)
-    fields: dict[str, Any] = {
+    fields = _fields(body, payload, headers, received_at)
+    if engine.dialect.name == "postgresql":
+        result = _ingest_one_statement(engine, outcome, fields)
+        if result is not None:
+            return result
+    return _ingest_transaction(engine, outcome, fields)
+
+
+def ingest_generic(
+    engine: Engine,
+    body: bytes,
+    payload: Mapping[str, Any],
+    headers: Mapping[str, str] | None = None,
+    received_at: datetime | None = None,
+) -> IngestResult:
+    """ingest() on any database: BEGIN, the event, one statement per projection, COMMIT."""
+    return _ingest_transaction(engine, classify(payload),
+                               _fields(body, payload, headers, received_at))  # fmt: skip
+
+
+def _fields(body: bytes, payload: Mapping[str, Any], headers: Mapping[str, str] | None,
+            received_at: datetime | None) -> dict[str, Any]:  # fmt: skip
+    return {
         "body": body,
-        "digest": digest,
+        "digest": body_digest(body),
         "headers": headers or {},
-        "received_at": received_at,
+        "received_at": received_at or datetime.now(UTC),
         "payload": payload,
     }
+
+
+def _ingest_transaction(engine: Engine, outcome: Outcome, fields: dict[str, Any]) -> IngestResult:
+    received_at = fields["received_at"]
     try:
-        with engine.begin() as conn:
+        with write_lock(engine), engine.begin() as conn:
             event_id = insert_event(conn, outcome=outcome, **fields)
             if event_id is None:
                 return IngestResult(DUPLICATE, None, outcome.trigger, None)
@@ -166,10 +234,34 @@ def ingest(
     # The projection was rolled back: keep the raw event alone, marked failed.
     failed = Outcome(outcome.trigger, outcome.parsed, FAILED, error)
     try:
-        with engine.begin() as conn:
+        with write_lock(engine), engine.begin() as conn:
             event_id = insert_event(conn, outcome=failed, **fields)
     except UNAVAILABLE_ERRORS as err:
         raise StorageUnavailable(_describe(err)) from err
     if event_id is None:  # a concurrent copy committed in between
         return IngestResult(DUPLICATE, None, outcome.trigger, None)
     return IngestResult(STORED, event_id, outcome.trigger, FAILED, error)
+
+
+def _ingest_one_statement(
+    engine: Engine, outcome: Outcome, fields: dict[str, Any]
+) -> IngestResult | None:
+    """PostgreSQL: the whole ingest as one autocommit statement; None to use the generic path."""
+    records = outcome.parsed.records if outcome.parsed is not None else ()
+    projections = fastpath.projection_values(records, fields["received_at"])
+    if projections is None:
+        return None
+    event = event_values(outcome=outcome, **fields)
+    try:
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            event_id = fastpath.execute(conn, event, projections)
+    except UNAVAILABLE_ERRORS as err:
+        raise StorageUnavailable(_describe(err)) from err
+    except Exception:
+        # Nothing was written (one statement); the generic path stores the event as
+        # failed if a projection is at fault, with the error that says why.
+        return None
+    if event_id is None:
+        return IngestResult(DUPLICATE, None, outcome.trigger, None)
+    return IngestResult(STORED, event_id, outcome.trigger, outcome.status, outcome.error)

@@ -1,0 +1,120 @@
+"""PostgreSQL: store and project one callback in ONE statement, one round trip.
+
+The generic path (ingest.ingest) sends BEGIN, the event INSERT, one statement per
+projection and COMMIT. Here the same statements are chained as data-modifying CTEs:
+
+    WITH ev AS (INSERT INTO callback_events ... ON CONFLICT DO NOTHING RETURNING id),
+         p_delivery_report AS (INSERT INTO delivery_reports SELECT ..., ev.id FROM ev ...),
+         p_status AS (INSERT INTO message_status SELECT ... FROM ev ON CONFLICT DO UPDATE ...)
+    SELECT ev.id FROM ev
+
+sent on an autocommit connection, so the statement is its own transaction: committed
+when it returns, all or nothing. The projections read their rows from ``ev``, so a
+duplicate (no row returned) writes nothing at all. The statements are the very ones
+the generic path runs (projections.projection_statement, ingest.event_statement),
+compiled once per shape of callback; only the SQL text is reused, never rebuilt.
+
+Shapes with two records for one table (which one statement could not order) are not
+handled here; ingest falls back to the generic path for them and for any error.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.types import JSON
+
+from webhook.callbacks import (
+    DeliveryReportRecord,
+    FlowResponseRecord,
+    FlowSendRecord,
+    InboundMessageRecord,
+    Record,
+)
+from webhook.projections import (
+    DELIVERY_REPORT,
+    FLOW_RESPONSE,
+    FLOW_SEND,
+    INBOUND,
+    STATUS,
+    delivery_report_values,
+    flow_response_values,
+    flow_send_values,
+    inbound_values,
+    projection_statement,
+    status_values,
+)
+
+Shape = tuple[str, ...]
+_DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+
+
+def projection_values(
+    records: tuple[Record, ...], received_at: Any
+) -> list[tuple[str, dict[str, Any]]] | None:
+    """(kind, values) per projection row, or None when one statement cannot take them."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for r in records:
+        if isinstance(r, DeliveryReportRecord):
+            out.append((DELIVERY_REPORT, delivery_report_values(r, None, received_at)))
+            if r.kind == "message":
+                status = status_values(r, received_at)
+                if status is not None:
+                    out.append((STATUS, status))
+        elif isinstance(r, InboundMessageRecord):
+            out.append((INBOUND, inbound_values(r, None)))
+        elif isinstance(r, FlowResponseRecord):
+            out.append((FLOW_RESPONSE, flow_response_values(r, None)))
+        elif isinstance(r, FlowSendRecord):
+            out.append((FLOW_SEND, flow_send_values(r, None)))
+    kinds = [kind for kind, _ in out]
+    return out if len(set(kinds)) == len(kinds) else None
+
+
+@dataclass(frozen=True)
+class Compiled:
+    sql: str
+    params: tuple[tuple[str, bool], ...]  # (name, is JSON) of each value bound per call
+    constants: dict[str, Any]  # literals inside the statement (e.g. the status names)
+
+
+@functools.cache
+def compiled(shape: Shape) -> Compiled:
+    """The one statement for callbacks of this shape, compiled once for psycopg."""
+    from webhook.ingest import event_statement
+
+    ev = event_statement("postgresql", prefix="ev_").cte("ev")
+    parts = [projection_statement("postgresql", kind, f"{kind}_", gate=ev).cte(f"p_{kind}")
+             for kind in shape]  # fmt: skip
+    sql = select(ev.c.id).add_cte(*parts).compile(dialect=_DIALECT)
+    text = str(sql)
+    binds = [(name, bind) for name, bind in sql.binds.items() if f"%({name})s" in text]
+    params = tuple((name, isinstance(bind.type, JSON)) for name, bind in binds if bind.required)
+    constants = {name: bind.effective_value for name, bind in binds if not bind.required}
+    return Compiled(text, params, constants)
+
+
+def execute(
+    conn: Connection, event: Mapping[str, Any], projections: list[tuple[str, dict[str, Any]]]
+) -> int | None:
+    """Run the one statement on an autocommit connection; the new event id, or None."""
+    stmt = compiled(tuple(kind for kind, _ in projections))
+    values: dict[str, Any] = {f"ev_{k}": v for k, v in event.items()}
+    for kind, row in projections:
+        values.update((f"{kind}_{k}", v) for k, v in row.items())
+    bound = dict(stmt.constants)
+    for name, is_json in stmt.params:
+        value = values[name]
+        if isinstance(value, datetime) and value.tzinfo is None:
+            raise ValueError("naive datetime; store timezone-aware UTC values")
+        # JSON columns store Python None as JSON null, as SQLAlchemy's JSON type does.
+        bound[name] = orjson.dumps(value).decode() if is_json else value
+    found = conn.exec_driver_sql(stmt.sql, bound).first()
+    return None if found is None else int(found[0])
