@@ -7,10 +7,12 @@ transaction (ingest_generic). SQLite: writers queue on the write lock.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from tests.conftest import truncate_all
 from tests.helpers import FIXTURES, count, fixture_bytes, rows
@@ -20,6 +22,7 @@ from webhook.ingest import (
     DUPLICATE,
     FAILED,
     STORED,
+    IngestResult,
     classify,
     event_values,
     ingest,
@@ -141,3 +144,26 @@ def test_concurrent_writers_queue_on_the_lock(engine: Engine) -> None:
     assert errors == []
     assert count(engine, "callback_events") == len(set(bodies))
     assert count(engine, "flow_sends") == 30
+
+
+def _kill_pooled_connections(engine: Engine) -> None:
+    """What a database restart does to the pool: every connection closed by the server."""
+    killer = create_engine(engine.url, poolclass=NullPool)
+    with killer.connect() as conn:
+        killed = conn.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )).scalar_one()  # fmt: skip
+    killer.dispose()
+    assert killed >= 1
+
+
+@pytest.mark.parametrize("path", [ingest, ingest_generic])
+def test_a_connection_the_server_closed_is_replaced_not_reported(
+    pg_engine: Engine, path: Callable[..., IngestResult]
+) -> None:
+    first, second = (fixture_bytes(f"message_delivery__{s}") for s in ("queued_on_channel", "read"))
+    assert path(pg_engine, first, load_body(first), HEADERS).outcome == STORED
+    _kill_pooled_connections(pg_engine)
+    assert path(pg_engine, second, load_body(second), HEADERS).outcome == STORED
+    assert count(pg_engine, "delivery_reports") == 2

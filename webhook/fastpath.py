@@ -21,12 +21,14 @@ handled here; ingest falls back to the generic path for them and for any error.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
+from psycopg import RawCursor
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.types import JSON
@@ -80,25 +82,37 @@ def projection_values(
 
 @dataclass(frozen=True)
 class Compiled:
-    sql: str
-    params: tuple[tuple[str, bool], ...]  # (name, is JSON) of each value bound per call
-    constants: dict[str, Any]  # literals inside the statement (e.g. the status names)
+    sql: str  # with PostgreSQL's own placeholders, $1 ... $n
+    # What goes into each placeholder: (value name, is JSON), or (None, a constant).
+    slots: tuple[tuple[str | None, Any], ...]
 
 
 @functools.cache
 def compiled(shape: Shape) -> Compiled:
-    """The one statement for callbacks of this shape, compiled once for psycopg."""
+    """The one statement for callbacks of this shape, compiled once."""
     from webhook.ingest import event_statement
 
     ev = event_statement("postgresql", prefix="ev_").cte("ev")
     parts = [projection_statement("postgresql", kind, f"{kind}_", gate=ev).cte(f"p_{kind}")
              for kind in shape]  # fmt: skip
     sql = select(ev.c.id).add_cte(*parts).compile(dialect=_DIALECT)
-    text = str(sql)
-    binds = [(name, bind) for name, bind in sql.binds.items() if f"%({name})s" in text]
-    params = tuple((name, isinstance(bind.type, JSON)) for name, bind in binds if bind.required)
-    constants = {name: bind.effective_value for name, bind in binds if not bind.required}
-    return Compiled(text, params, constants)
+    order: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"${order.setdefault(match.group(1), len(order) + 1)}"
+
+    text = _PYFORMAT.sub(number, str(sql)).replace("%%", "%")
+    slots: list[tuple[str | None, Any]] = []
+    for name in order:
+        bind = sql.binds[name]
+        if bind.required:
+            slots.append((name, isinstance(bind.type, JSON)))
+        else:
+            slots.append((None, bind.effective_value))
+    return Compiled(text, tuple(slots))
+
+
+_PYFORMAT = re.compile(r"%\((\w+)\)s")
 
 
 def execute(
@@ -109,12 +123,23 @@ def execute(
     values: dict[str, Any] = {f"ev_{k}": v for k, v in event.items()}
     for kind, row in projections:
         values.update((f"{kind}_{k}", v) for k, v in row.items())
-    bound = dict(stmt.constants)
-    for name, is_json in stmt.params:
+    params: list[Any] = []
+    for name, how in stmt.slots:
+        if name is None:
+            params.append(how)
+            continue
         value = values[name]
         if isinstance(value, datetime) and value.tzinfo is None:
             raise ValueError("naive datetime; store timezone-aware UTC values")
         # JSON columns store Python None as JSON null, as SQLAlchemy's JSON type does.
-        bound[name] = orjson.dumps(value).decode() if is_json else value
-    found = conn.exec_driver_sql(stmt.sql, bound).first()
+        params.append(orjson.dumps(value).decode() if how else value)
+    # A raw cursor sends the $n text as it is: psycopg's %s parsing of a statement this
+    # long is not cached and would cost more than the rest of this function.
+    dbapi: Any = conn.connection.dbapi_connection
+    previous = dbapi.cursor_factory
+    dbapi.cursor_factory = RawCursor
+    try:
+        found = conn.exec_driver_sql(stmt.sql, tuple(params)).first()
+    finally:
+        dbapi.cursor_factory = previous
     return None if found is None else int(found[0])

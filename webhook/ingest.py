@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, exc
 from sqlalchemy.dialects import postgresql, sqlite
@@ -33,6 +33,7 @@ from webhook.db import write_lock
 from webhook.models import CallbackEvent
 from webhook.projections import apply_records
 
+_T = TypeVar("_T")
 PROCESSED, IGNORED, FAILED = "processed", "ignored", "failed"
 STORED, DUPLICATE = "stored", "duplicate"
 
@@ -182,10 +183,26 @@ def ingest(
     outcome = classify(payload)
     fields = _fields(body, payload, headers, received_at)
     if engine.dialect.name == "postgresql":
-        result = _ingest_one_statement(engine, outcome, fields)
+        result = _once_more_if_dead(lambda: _ingest_one_statement(engine, outcome, fields))
         if result is not None:
             return result
-    return _ingest_transaction(engine, outcome, fields)
+    return _once_more_if_dead(lambda: _ingest_transaction(engine, outcome, fields))
+
+
+def _once_more_if_dead(attempt: Callable[[], _T]) -> _T:
+    """Run ``attempt``; again once if it met a pooled connection the server had closed.
+
+    The pool pings only connections idle for a while (db.make_engine), so after a
+    database restart one in steady use can still be dead; the pool drops it, and as
+    nothing was committed on it, the same work is done again on a fresh connection.
+    """
+    try:
+        return attempt()
+    except StorageUnavailable as err:
+        cause = err.__cause__
+        if not (isinstance(cause, exc.DBAPIError) and cause.connection_invalidated):
+            raise
+    return attempt()
 
 
 def ingest_generic(
@@ -196,8 +213,9 @@ def ingest_generic(
     received_at: datetime | None = None,
 ) -> IngestResult:
     """ingest() on any database: BEGIN, the event, one statement per projection, COMMIT."""
-    return _ingest_transaction(engine, classify(payload),
-                               _fields(body, payload, headers, received_at))  # fmt: skip
+    outcome = classify(payload)
+    fields = _fields(body, payload, headers, received_at)
+    return _once_more_if_dead(lambda: _ingest_transaction(engine, outcome, fields))
 
 
 def _fields(body: bytes, payload: Mapping[str, Any], headers: Mapping[str, str] | None,
