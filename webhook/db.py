@@ -20,10 +20,15 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:
     """Create an engine tuned for this service on SQLite or PostgreSQL."""
     if is_sqlite(url):
-        return _sqlite_engine(url, **kwargs)
+        if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+            raise ValueError(f"sqlite_synchronous must be one of {SQLITE_SYNCHRONOUS}")
+        return _sqlite_engine(url, sqlite_synchronous, **kwargs)
     options: dict[str, Any] = {
         "pool_size": 5,
         "max_overflow": 5,
@@ -73,7 +78,7 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             raise exc.DisconnectionError("connection failed the ping")
 
 
-def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+def _sqlite_engine(url: str, synchronous: str, **kwargs: Any) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
         from pathlib import Path
@@ -89,8 +94,9 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit that answered 200 survives power loss, not only a process crash.
-        cur.execute("PRAGMA synchronous=FULL")
+        # FULL (default): a commit that answered 200 survives power loss, not only a
+        # process crash. NORMAL skips the fsync per commit: see README "SQLite durability".
+        cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()

@@ -30,6 +30,7 @@ from webhook.callbacks import (
     parse_envelope,
 )
 from webhook.db import write_lock
+from webhook.groupcommit import group_commit
 from webhook.models import CallbackEvent
 from webhook.projections import apply_records
 
@@ -186,6 +187,8 @@ def ingest(
         result = _once_more_if_dead(lambda: _ingest_one_statement(engine, outcome, fields))
         if result is not None:
             return result
+    elif engine.dialect.name == "sqlite":
+        return _ingest_group_commit(engine, outcome, fields)
     return _once_more_if_dead(lambda: _ingest_transaction(engine, outcome, fields))
 
 
@@ -257,6 +260,42 @@ def _ingest_transaction(engine: Engine, outcome: Outcome, fields: dict[str, Any]
     except UNAVAILABLE_ERRORS as err:
         raise StorageUnavailable(_describe(err)) from err
     if event_id is None:  # a concurrent copy committed in between
+        return IngestResult(DUPLICATE, None, outcome.trigger, None)
+    return IngestResult(STORED, event_id, outcome.trigger, FAILED, error)
+
+
+def _ingest_group_commit(engine: Engine, outcome: Outcome, fields: dict[str, Any]) -> IngestResult:
+    """SQLite: the generic unit of work in a SAVEPOINT of a shared transaction (groupcommit)."""
+    try:
+        result: IngestResult = group_commit(engine, UNAVAILABLE_ERRORS).run(
+            lambda conn: _ingest_savepoint(conn, outcome, fields)
+        )
+    except UNAVAILABLE_ERRORS as err:
+        raise StorageUnavailable(_describe(err)) from err
+    return result
+
+
+def _ingest_savepoint(conn: Connection, outcome: Outcome, fields: dict[str, Any]) -> IngestResult:
+    """_ingest_transaction inside a SAVEPOINT: what fails is rolled back to it, alone."""
+    try:
+        with conn.begin_nested():
+            event_id = insert_event(conn, outcome=outcome, **fields)
+            if event_id is None:
+                return IngestResult(DUPLICATE, None, outcome.trigger, None)
+            if outcome.parsed is not None and outcome.parsed.records:
+                try:
+                    apply_records(conn, outcome.parsed.records, event_id, fields["received_at"])
+                except Exception as err:
+                    raise _ProjectionFailed(err) from err
+        return IngestResult(STORED, event_id, outcome.trigger, outcome.status, outcome.error)
+    except _ProjectionFailed as failure:
+        if isinstance(failure.cause, UNAVAILABLE_ERRORS):
+            raise failure.cause from None
+        error = f"projection failed: {_describe(failure.cause)}"
+    failed = Outcome(outcome.trigger, outcome.parsed, FAILED, error)
+    with conn.begin_nested():
+        event_id = insert_event(conn, outcome=failed, **fields)
+    if event_id is None:
         return IngestResult(DUPLICATE, None, outcome.trigger, None)
     return IngestResult(STORED, event_id, outcome.trigger, FAILED, error)
 
