@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import truncate_all
-from tests.helpers import count, fixture_bytes
+from tests.helpers import FIXTURES, count, fixture_bytes
 from webhook.callbacks import load_body
 from webhook.db import write_lock
 from webhook.groupcommit import GroupCommit, group_commit
@@ -118,8 +118,10 @@ def test_a_failed_commit_fails_the_whole_batch() -> None:
 
 
 def test_concurrent_ingest_gives_the_rows_of_one_at_a_time(lite: Engine) -> None:
-    _, bodies = simulate(SimulationConfig(messages=40, seed=8, shuffle="all",
-                                          duplicate_rate=0.2, failure_rate=0.2))  # fmt: skip
+    _, simulated = simulate(SimulationConfig(messages=40, seed=8, shuffle="all",
+                                             duplicate_rate=0.2, failure_rate=0.2,
+                                             broken_response_rate=0.3))  # fmt: skip
+    bodies = [fixture_bytes(p.stem) for p in sorted(FIXTURES.glob("*.json"))] + simulated
     at = {b: T0 + timedelta(seconds=i) for i, b in enumerate(dict.fromkeys(bodies))}
     for body in bodies:
         ingest_generic(lite, body, load_body(body), None, at[body])

@@ -33,26 +33,8 @@ from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.types import JSON
 
-from webhook.callbacks import (
-    DeliveryReportRecord,
-    FlowResponseRecord,
-    FlowSendRecord,
-    InboundMessageRecord,
-    Record,
-)
-from webhook.projections import (
-    DELIVERY_REPORT,
-    FLOW_RESPONSE,
-    FLOW_SEND,
-    INBOUND,
-    STATUS,
-    delivery_report_values,
-    flow_response_values,
-    flow_send_values,
-    inbound_values,
-    projection_statement,
-    status_values,
-)
+from webhook.callbacks import Record
+from webhook.projections import projection_rows, projection_statement
 
 Shape = tuple[str, ...]
 _DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
@@ -62,20 +44,7 @@ def projection_values(
     records: tuple[Record, ...], received_at: Any
 ) -> list[tuple[str, dict[str, Any]]] | None:
     """(kind, values) per projection row, or None when one statement cannot take them."""
-    out: list[tuple[str, dict[str, Any]]] = []
-    for r in records:
-        if isinstance(r, DeliveryReportRecord):
-            out.append((DELIVERY_REPORT, delivery_report_values(r, None, received_at)))
-            if r.kind == "message":
-                status = status_values(r, received_at)
-                if status is not None:
-                    out.append((STATUS, status))
-        elif isinstance(r, InboundMessageRecord):
-            out.append((INBOUND, inbound_values(r, None)))
-        elif isinstance(r, FlowResponseRecord):
-            out.append((FLOW_RESPONSE, flow_response_values(r, None)))
-        elif isinstance(r, FlowSendRecord):
-            out.append((FLOW_SEND, flow_send_values(r, None)))
+    out = projection_rows(records, None, received_at)
     kinds = [kind for kind, _ in out]
     return out if len(set(kinds)) == len(kinds) else None
 

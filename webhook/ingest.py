@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -32,7 +33,8 @@ from webhook.callbacks import (
 from webhook.db import write_lock
 from webhook.groupcommit import group_commit
 from webhook.models import CallbackEvent
-from webhook.projections import apply_records
+from webhook.prepared import Prepared, prepare
+from webhook.projections import apply_records, projection_rows, projection_statement
 
 _T = TypeVar("_T")
 PROCESSED, IGNORED, FAILED = "processed", "ignored", "failed"
@@ -276,28 +278,60 @@ def _ingest_group_commit(engine: Engine, outcome: Outcome, fields: dict[str, Any
 
 
 def _ingest_savepoint(conn: Connection, outcome: Outcome, fields: dict[str, Any]) -> IngestResult:
-    """_ingest_transaction inside a SAVEPOINT: what fails is rolled back to it, alone."""
+    """_ingest_transaction inside a SAVEPOINT: what fails is rolled back to it, alone.
+
+    The statements are the generic path's, run through prepared.Prepared.
+    """
+    received_at = fields["received_at"]
     try:
-        with conn.begin_nested():
-            event_id = insert_event(conn, outcome=outcome, **fields)
+        with _savepoint(conn):
+            event = event_values(outcome=outcome, **fields)
+            event_id = _prepared(conn, "event").execute(conn, event).scalar()
             if event_id is None:
                 return IngestResult(DUPLICATE, None, outcome.trigger, None)
-            if outcome.parsed is not None and outcome.parsed.records:
-                try:
-                    apply_records(conn, outcome.parsed.records, event_id, fields["received_at"])
-                except Exception as err:
-                    raise _ProjectionFailed(err) from err
+            records = outcome.parsed.records if outcome.parsed is not None else ()
+            try:
+                for kind, values in projection_rows(records, event_id, received_at):
+                    _prepared(conn, kind).execute(conn, values)
+            except Exception as err:
+                raise _ProjectionFailed(err) from err
         return IngestResult(STORED, event_id, outcome.trigger, outcome.status, outcome.error)
     except _ProjectionFailed as failure:
         if isinstance(failure.cause, UNAVAILABLE_ERRORS):
             raise failure.cause from None
         error = f"projection failed: {_describe(failure.cause)}"
     failed = Outcome(outcome.trigger, outcome.parsed, FAILED, error)
-    with conn.begin_nested():
-        event_id = insert_event(conn, outcome=failed, **fields)
+    with _savepoint(conn):
+        event = event_values(outcome=failed, **fields)
+        event_id = _prepared(conn, "event").execute(conn, event).scalar()
     if event_id is None:
         return IngestResult(DUPLICATE, None, outcome.trigger, None)
     return IngestResult(STORED, event_id, outcome.trigger, FAILED, error)
+
+
+@contextmanager
+def _savepoint(conn: Connection) -> Iterator[None]:
+    conn.exec_driver_sql("SAVEPOINT ingest")
+    try:
+        yield
+    except BaseException:
+        conn.exec_driver_sql("ROLLBACK TO ingest")
+        conn.exec_driver_sql("RELEASE ingest")
+        raise
+    conn.exec_driver_sql("RELEASE ingest")
+
+
+_PREPARED: dict[tuple[str, str], Prepared] = {}
+
+
+def _prepared(conn: Connection, kind: str) -> Prepared:
+    key = (conn.dialect.name, kind)
+    found = _PREPARED.get(key)
+    if found is None:
+        stmt = (event_statement(key[0]) if kind == "event"
+                else projection_statement(key[0], kind))  # fmt: skip
+        found = _PREPARED[key] = prepare(stmt, conn.dialect)
+    return found
 
 
 def _ingest_one_statement(

@@ -96,17 +96,28 @@ def _max(a: Any, b: Any, pg: bool = False) -> ColumnElement[Any]:
 def apply_records(conn: Connection, records: tuple[Record, ...], event_id: int | None,
                   received_at: datetime) -> None:  # fmt: skip
     """Write every record of one callback."""
-    for record in records:
-        if isinstance(record, DeliveryReportRecord):
-            insert_delivery_report(conn, record, event_id, received_at)
-            if record.kind == "message":
-                upsert_status(conn, record, received_at)
-        elif isinstance(record, InboundMessageRecord):
-            insert_inbound(conn, record, event_id)
-        elif isinstance(record, FlowResponseRecord):
-            insert_flow_response(conn, record, event_id)
-        elif isinstance(record, FlowSendRecord):
-            upsert_flow_send_from_submit(conn, record, event_id)
+    for kind, values in projection_rows(records, event_id, received_at):
+        conn.execute(_statement(conn.dialect.name, kind), values)
+
+
+def projection_rows(records: tuple[Record, ...], event_id: int | None,
+                    received_at: datetime) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
+    """(projection kind, values) for every row one callback writes, in writing order."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for r in records:
+        if isinstance(r, DeliveryReportRecord):
+            out.append((DELIVERY_REPORT, delivery_report_values(r, event_id, received_at)))
+            if r.kind == "message":
+                status = status_values(r, received_at)
+                if status is not None:
+                    out.append((STATUS, status))
+        elif isinstance(r, InboundMessageRecord):
+            out.append((INBOUND, inbound_values(r, event_id)))
+        elif isinstance(r, FlowResponseRecord):
+            out.append((FLOW_RESPONSE, flow_response_values(r, event_id)))
+        elif isinstance(r, FlowSendRecord):
+            out.append((FLOW_SEND, flow_send_values(r, event_id)))
+    return out
 
 
 # ---------------------------------------------------------------- values
