@@ -369,6 +369,20 @@ def machine_note() -> dict[str, str]:
     }  # fmt: skip
 
 
+def gunicorn_settings(env: dict[str, str]) -> dict[str, str]:
+    """What gunicorn.conf.py resolves to under ``env`` (the same for every target)."""
+    import runpy
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return {k: str(conf[k]) for k in ("worker_class", "workers", "threads", "keepalive")}
+
+
 def render(results: list[Measurement], info: dict[str, str], command: str,
            settings: dict[str, str]) -> str:  # fmt: skip
     lines = [
@@ -521,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(kv.split("=", 1) for kv in args.env)
     env.setdefault("GUNICORN_ACCESSLOG", "")  # no access log: the ceiling as fast as it gets
     env.setdefault("LOG_LEVEL", "warning")
-    settings = {k: env.get(k, "") for k in sorted(env)}
+    settings = {**gunicorn_settings(env), **{k: env.get(k, "") for k in sorted(env)}}
     info = machine_note()
     log(f"load: {info['uptime']}")
     results: list[Measurement] = []
