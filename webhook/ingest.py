@@ -5,6 +5,11 @@ the same way. The raw event is written first; a projection that fails (a parser
 bug, a value the schema refuses) rolls the transaction back and the raw event is
 stored again on its own as ``failed``: nothing authentic is lost. A database that
 cannot be written raises StorageUnavailable, which the endpoint answers with 503.
+
+How it is written depends on the database, never what is written (tests compare):
+PostgreSQL runs the whole unit as one statement (webhook.fastpath), SQLite runs it in
+a SAVEPOINT of a transaction shared with the callbacks arriving at the same time
+(webhook.groupcommit), and ingest_generic is the plain transaction, on either.
 """
 
 from __future__ import annotations
