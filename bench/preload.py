@@ -13,10 +13,12 @@ import dataclasses
 import functools
 import hashlib
 import multiprocessing
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -187,18 +189,53 @@ def _build_chunk(args: tuple[int, int, int, str, bool, bool]) -> Chunk:
     return Chunk(len(rows.events), copy, lite)
 
 
+TABLE_COLUMNS = (
+    ("callback_events", EVENT_COLS),
+    ("delivery_reports", REPORT_COLS),
+    ("inbound_messages", INBOUND_COLS),
+    ("flow_responses", FLOW_RESPONSE_COLS),
+    ("flow_sends", FLOW_SEND_COLS),
+    ("message_status", STATUS_COLS),
+)
+CACHE = Path(__file__).resolve().parent / "results" / "cache"
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_dir(count: int, seed: int) -> Path:
+    """Where the rows for (count, seed) are kept; a new key whenever their sources change."""
+    digest = hashlib.sha256()
+    modules = ("simulate", "callbacks", "signing", "ingest", "projections", "models")
+    sources = [_ROOT / "bench" / "preload.py", *(_ROOT / "webhook" / f"{m}.py" for m in modules),
+               *sorted((_ROOT / "migrations" / "versions").glob("*.py"))]  # fmt: skip
+    for path in sources:
+        digest.update(path.read_bytes())
+    return CACHE / f"stored-{count}-{seed}-{digest.hexdigest()[:12]}"
+
+
 class PostgresLoader:
     """COPY every chunk inside one transaction; VACUUM ANALYZE at the end."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, save_to: Path | None = None) -> None:
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         self.conn = psycopg.connect(dsn)
+        self.save_to = save_to
 
     def load(self, chunk: Chunk) -> None:
         with self.conn.cursor() as cur:
             for table, cols, data in chunk.copy:
                 with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
                     copy.write(data)
+                if self.save_to is not None:
+                    with (self.save_to / f"{table}.copy").open("ab") as out:
+                        out.write(data)
+
+    def load_cached(self, source: Path) -> None:
+        with self.conn.cursor() as cur:
+            for table, cols in TABLE_COLUMNS:
+                with (cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy,
+                      (source / f"{table}.copy").open("rb") as data):  # fmt: skip
+                    while block := data.read(1 << 22):
+                        copy.write(block)
 
     def finish(self, last_id: int) -> None:
         self.conn.execute(
@@ -209,6 +246,8 @@ class PostgresLoader:
         # A settled database: visibility map set, statistics current, no autovacuum due.
         self.conn.execute("VACUUM ANALYZE")
         self.conn.close()
+        if self.save_to is not None:
+            (self.save_to / "pg.done").touch()
 
 
 def _sqlite_value(value: Any) -> Any:
@@ -222,9 +261,11 @@ def _sqlite_value(value: Any) -> Any:
 class SqliteLoader:
     """executemany every chunk inside one transaction; ANALYZE and checkpoint at the end."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, save_to: Path | None = None) -> None:
         path = make_url(url).database
         assert path
+        self.path = Path(path)
+        self.save_to = save_to
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA synchronous=OFF")
         self.conn.execute("BEGIN")
@@ -234,34 +275,62 @@ class SqliteLoader:
             marks = ", ".join("?" * len(cols))
             self.conn.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", data)
 
+    def load_cached(self, source: Path) -> None:
+        self.conn.execute("ROLLBACK")
+        self.conn.close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(source / "sqlite.db", self.path)
+        self.conn = sqlite3.connect(self.path, isolation_level=None)
+        self.conn.execute("BEGIN")
+
     def finish(self, last_id: int) -> None:
         self.conn.execute("COMMIT")
         self.conn.execute("ANALYZE")
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
+        if self.save_to is not None:
+            shutil.copyfile(self.path, self.save_to / "sqlite.db")
+            (self.save_to / "sqlite.done").touch()
 
 
-def preload(urls: list[str], count: int, seed: int, secret: str,
-            chunk: int = 25_000) -> dict[str, float]:  # fmt: skip
+def preload(urls: list[str], count: int, seed: int, secret: str, chunk: int = 25_000,
+            use_cache: bool = True) -> dict[str, float]:  # fmt: skip
     """Store ``count`` events with projections in every database of ``urls``; return timings.
 
     Chunks are simulated in worker processes (each its own seed, so messages never span
-    chunks) while the main process loads the previous one.
+    chunks) while the main process loads the previous one. The rows are kept under
+    bench/results/cache, so the next run only loads them.
     """
     t0 = time.monotonic()
-    loaders = [
-        SqliteLoader(u) if make_url(u).get_backend_name() == "sqlite" else PostgresLoader(u)
-        for u in urls
-    ]
-    want_pg = any(isinstance(x, PostgresLoader) for x in loaders)
-    want_sqlite = any(isinstance(x, SqliteLoader) for x in loaders)
-    jobs = [(min(chunk, count - start), seed * 10_000 + i, start + 1, secret, want_pg,
-             want_sqlite) for i, start in enumerate(range(0, count, chunk))]  # fmt: skip
-    with multiprocessing.get_context("fork").Pool(2) as pool:
-        for built in pool.imap(_build_chunk, jobs):
-            for loader in loaders:
-                loader.load(built)
+    cache = cache_dir(count, seed) if use_cache else None
+    loaders: list[PostgresLoader | SqliteLoader] = []
+    fresh: list[PostgresLoader | SqliteLoader] = []
+    for url in urls:
+        lite = make_url(url).get_backend_name() == "sqlite"
+        done = cache is not None and (cache / ("sqlite.done" if lite else "pg.done")).exists()
+        save_to = cache if cache is not None and not done else None
+        if save_to is not None:
+            save_to.mkdir(parents=True, exist_ok=True)
+            for name in ("sqlite.db",) if lite else [f"{t}.copy" for t, _ in TABLE_COLUMNS]:
+                (save_to / name).unlink(missing_ok=True)
+        loader = SqliteLoader(url, save_to) if lite else PostgresLoader(url, save_to)
+        loaders.append(loader)
+        if done:
+            assert cache is not None
+            loader.load_cached(cache)
+        else:
+            fresh.append(loader)
+    if fresh:
+        want_pg = any(isinstance(x, PostgresLoader) for x in fresh)
+        want_sqlite = any(isinstance(x, SqliteLoader) for x in fresh)
+        jobs = [(min(chunk, count - start), seed * 10_000 + i, start + 1, secret, want_pg,
+                 want_sqlite) for i, start in enumerate(range(0, count, chunk))]  # fmt: skip
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            for built in pool.imap(_build_chunk, jobs):
+                for loader in fresh:
+                    loader.load(built)
     t1 = time.monotonic()
     for loader in loaders:
         loader.finish(count)
-    return {"load_s": t1 - t0, "settle_s": time.monotonic() - t1}
+    return {"load_s": t1 - t0, "settle_s": time.monotonic() - t1, "cached": float(not fresh)}
