@@ -2,8 +2,10 @@
 
     .venv/bin/python -m bench.profile --backend postgresql --seconds 15
 
-Needs py-spy (`pip install py-spy`; not a project dependency). Prints the functions
-with the most samples, by own time and by total time, for docs/performance.md.
+Needs py-spy (`pip install py-spy`; not a project dependency). Samples only the thread
+holding the GIL, so the shares are of the Python CPU time (waits on the database or the
+network do not show). Prints the functions with the most samples, by own time and by
+total time, for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def main() -> int:
                 out = work / "stacks.txt"
                 spy_proc = subprocess.Popen(
                     [spy, "record", "--pid", str(server.proc.pid), "--subprocesses",
-                     "--rate", "250", "--format", "raw", "--nonblocking",
+                     "--rate", "250", "--format", "raw", "--nonblocking", "--gil",
                      "--duration", str(args.seconds), "-o", str(out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
