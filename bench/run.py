@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -526,8 +527,13 @@ def workspace(keep: bool) -> Iterator[Path]:
                 f.unlink()
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: servers stopped, databases dropped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (bench/run.sh installs it)")
     backends = [b for b in args.backends.split(",") if b]
