@@ -37,7 +37,7 @@ def top(collapsed: Path, n: int) -> str:
     samples = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():
             continue
         frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
                   for f in stack.split(";")]  # fmt: skip

@@ -32,16 +32,23 @@ class _Item:
     result: Any = None
     error: BaseException | None = None
     done: bool = False
-    batch_size: int = field(default=0)
+    # Set when the unit is done, or when its thread is to write the next batch.
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
 class GroupCommit:
-    """Runs units of work from many threads in shared transactions, one commit each."""
+    """Runs units of work from many threads in shared transactions, one commit each.
+
+    One thread writes at a time. A thread that arrives while another writes queues its
+    unit and sleeps on its own event; the writer wakes each unit of its batch after
+    the commit, then hands the writing to the first unit queued meanwhile (which takes
+    everything queued by then). Nobody polls, and nobody is woken for nothing.
+    """
 
     def __init__(self, engine: Engine, fatal: tuple[type[BaseException], ...] = ()) -> None:
         self.engine = engine
         self.fatal = fatal
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[_Item] = []
         self._writing = False
         self.commits = 0  # for tests and curiosity
@@ -49,7 +56,7 @@ class GroupCommit:
     @property
     def queued(self) -> int:
         """Units waiting for the next batch."""
-        with self._cond:
+        with self._lock:
             return len(self._queue)
 
     def run(self, work: Callable[[Connection], Any]) -> Any:
@@ -61,17 +68,23 @@ class GroupCommit:
         the commit.
         """
         item = _Item(work)
-        with self._cond:
+        with self._lock:
             self._queue.append(item)
-            while self._writing and not item.done:
-                self._cond.wait()
-            if not item.done:
-                self._writing = True
+            writer = not self._writing
+            self._writing = True
+        if not writer:
+            item.wake.wait()
+        if not item.done:  # this thread writes the next batch, its own unit included
+            with self._lock:
                 batch, self._queue = self._queue, []
-            else:
-                batch = []
-        if batch:
-            self._write(batch)
+            try:
+                self._write(batch)
+            finally:
+                with self._lock:
+                    if self._queue:
+                        self._queue[0].wake.set()
+                    else:
+                        self._writing = False
         if item.error is not None:
             raise item.error
         return item.result
@@ -91,11 +104,9 @@ class GroupCommit:
             for item in batch:
                 item.result, item.error = None, err
         finally:
-            with self._cond:
-                for item in batch:
-                    item.done, item.batch_size = True, len(batch)
-                self._writing = False
-                self._cond.notify_all()
+            for item in batch:
+                item.done = True
+                item.wake.set()
 
 
 _committers: weakref.WeakKeyDictionary[Engine, GroupCommit] = weakref.WeakKeyDictionary()
