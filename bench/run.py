@@ -302,8 +302,9 @@ def measure(target: str, repeat: int, app: str, env: dict[str, str], url: str | 
                          args.wrk_threads)  # fmt: skip
         # Backends that appeared during the run started from zero.
         pg_pids = sorted(set(pg_pids) | set(dbs.backend_pids(url) if dbs and url else []))
-        service_cpu = sum(cpu_ticks(p) - cpu0.get(p, 0) for p in service_pids) / CLK_TCK
-        db_cpu = sum(cpu_ticks(p) - cpu0.get(p, 0) for p in pg_pids) / CLK_TCK
+        # A process gone by the end (a pooled connection closed) reads 0: count nothing.
+        service_cpu = sum(max(0, cpu_ticks(p) - cpu0.get(p, 0)) for p in service_pids) / CLK_TCK
+        db_cpu = sum(max(0, cpu_ticks(p) - cpu0.get(p, 0)) for p in pg_pids) / CLK_TCK
         rss = max((peak_rss_mb(p) for p in server.workers()), default=0.0)
         worker_count = len(server.workers())
     finally:
