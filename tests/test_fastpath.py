@@ -7,6 +7,7 @@ transaction (ingest_generic). SQLite: writers queue on the write lock.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +19,7 @@ from tests.conftest import truncate_all
 from tests.helpers import FIXTURES, count, fixture_bytes, rows
 from webhook import fastpath
 from webhook.callbacks import load_body
+from webhook.db import PING_AFTER_IDLE_SECONDS
 from webhook.ingest import (
     DUPLICATE,
     FAILED,
@@ -167,3 +169,13 @@ def test_a_connection_the_server_closed_is_replaced_not_reported(
     _kill_pooled_connections(pg_engine)
     assert path(pg_engine, second, load_body(second), HEADERS).outcome == STORED
     assert count(pg_engine, "delivery_reports") == 2
+
+
+def test_an_idle_pooled_connection_is_pinged_and_replaced(pg_engine: Engine) -> None:
+    with pg_engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    _kill_pooled_connections(pg_engine)
+    time.sleep(PING_AFTER_IDLE_SECONDS + 0.1)  # idle long enough to be pinged
+    # No retry here: only the ping on checkout can make this work.
+    with pg_engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
