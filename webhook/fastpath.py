@@ -1,6 +1,6 @@
 """PostgreSQL: store and project one callback in ONE statement, one round trip.
 
-The generic path (ingest.ingest) sends BEGIN, the event INSERT, one statement per
+The generic path (ingest.ingest_generic) sends BEGIN, the event INSERT, one statement per
 projection and COMMIT. Here the same statements are chained as data-modifying CTEs:
 
     WITH ev AS (INSERT INTO callback_events ... ON CONFLICT DO NOTHING RETURNING id),
@@ -8,11 +8,11 @@ projection and COMMIT. Here the same statements are chained as data-modifying CT
          p_status AS (INSERT INTO message_status SELECT ... FROM ev ON CONFLICT DO UPDATE ...)
     SELECT ev.id FROM ev
 
-sent on an autocommit connection, so the statement is its own transaction: committed
-when it returns, all or nothing. The projections read their rows from ``ev``, so a
-duplicate (no row returned) writes nothing at all. The statements are the very ones
-the generic path runs (projections.projection_statement, ingest.event_statement),
-compiled once per shape of callback; only the SQL text is reused, never rebuilt.
+sent in autocommit on a pooled psycopg connection, so the statement is its own
+transaction: committed when it returns, all or nothing. The projections read their
+rows from ``ev``, so a duplicate (no row returned) writes nothing at all. The
+statements are the very ones the generic path runs (projections.projection_statement,
+ingest.event_statement), compiled once per shape of callback and reused as SQL text.
 
 Shapes with two records for one table (which one statement could not order) are not
 handled here; ingest falls back to the generic path for them and for any error.
@@ -28,8 +28,9 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg import RawCursor
-from sqlalchemy import Connection, select
+from sqlalchemy import Engine, exc, select
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.types import JSON
 
@@ -84,10 +85,15 @@ def compiled(shape: Shape) -> Compiled:
 _PYFORMAT = re.compile(r"%\((\w+)\)s")
 
 
-def execute(
-    conn: Connection, event: Mapping[str, Any], projections: list[tuple[str, dict[str, Any]]]
-) -> int | None:
-    """Run the one statement on an autocommit connection; the new event id, or None."""
+def run(engine: Engine, event: Mapping[str, Any],
+        projections: list[tuple[str, dict[str, Any]]]) -> int | None:  # fmt: skip
+    """Run the one statement as its own transaction; the new event id, or None if stored.
+
+    On a pooled psycopg connection directly, in autocommit: SQLAlchemy's Connection and
+    execution context would cost more Python time than psycopg itself. Errors come out
+    as SQLAlchemy's (DBAPIError subclasses), and a connection that broke is invalidated,
+    as SQLAlchemy would do.
+    """
     stmt = compiled(tuple(kind for kind, _ in projections))
     values: dict[str, Any] = {f"ev_{k}": v for k, v in event.items()}
     for kind, row in projections:
@@ -102,13 +108,27 @@ def execute(
             raise ValueError("naive datetime; store timezone-aware UTC values")
         # JSON columns store Python None as JSON null, as SQLAlchemy's JSON type does.
         params.append(orjson.dumps(value).decode() if how else value)
-    # A raw cursor sends the $n text as it is: psycopg's %s parsing of a statement this
-    # long is not cached and would cost more than the rest of this function.
-    dbapi: Any = conn.connection.dbapi_connection
-    previous = dbapi.cursor_factory
-    dbapi.cursor_factory = RawCursor
+    pooled = engine.raw_connection()  # checkout, with the pool's idle ping
     try:
-        found = conn.exec_driver_sql(stmt.sql, tuple(params)).first()
+        conn: Any = pooled.driver_connection
+        try:
+            conn.autocommit = True
+            try:
+                # A raw cursor sends the $n text as it is: psycopg does not cache its
+                # %s parsing of statements this long, which would cost more than the rest.
+                with RawCursor(conn) as cur:
+                    cur.execute(stmt.sql, params)
+                    found = cur.fetchone()
+            finally:
+                if not (conn.closed or conn.broken):
+                    conn.autocommit = False  # as the pool hands connections out
+        except psycopg.Error as err:
+            broken = bool(conn.closed or conn.broken)
+            if broken:
+                pooled.invalidate(err)
+            raise exc.DBAPIError.instance(
+                stmt.sql, params, err, psycopg.Error, connection_invalidated=broken
+            ) from err
     finally:
-        dbapi.cursor_factory = previous
+        pooled.close()  # back to the pool
     return None if found is None else int(found[0])

@@ -349,9 +349,7 @@ def _ingest_one_statement(
         return None
     event = event_values(outcome=outcome, **fields)
     try:
-        with engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            event_id = fastpath.execute(conn, event, projections)
+        event_id = fastpath.run(engine, event, projections)
     except UNAVAILABLE_ERRORS as err:
         raise StorageUnavailable(_describe(err)) from err
     except Exception:
