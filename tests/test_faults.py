@@ -245,7 +245,9 @@ def test_deadline_bounds_a_database_that_never_answers(
         assert elapsed < 1.0 + CONNECT_TIMEOUT_SECONDS + 2
         proxy.restore()
         token = set_deadline(5.0)
-        assert ingest(engine, bodies[1], load_body(bodies[1])).outcome == "stored"
+        # A 503 promises nothing either way: the statement may have reached the server
+        # once the link came back. The retry is then a duplicate; either way it is stored.
+        assert ingest(engine, bodies[1], load_body(bodies[1])).outcome in {"stored", "duplicate"}
         clear_deadline(token)
     finally:
         engine.dispose()

@@ -53,6 +53,15 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (env.get(name) or "").strip().upper()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def normalize_database_url(url: str) -> str:
     """Map the URLs hosting platforms hand out onto SQLAlchemy's psycopg 3 dialect."""
     for prefix in ("postgres://", "postgresql://"):
@@ -77,6 +86,8 @@ class Settings:
     retry_after_seconds: int = 5
     # Longest a request waits on PostgreSQL before answering 503 (below gunicorn's timeout).
     database_timeout_seconds: float = 10.0
+    # SQLite only: FULL fsyncs every commit (survives power loss); NORMAL does not.
+    sqlite_synchronous: str = "FULL"
     # Sending (Conversation API).
     sinch_project_id: str = ""
     sinch_app_id: str = ""
@@ -118,6 +129,7 @@ class Settings:
             max_content_length=_int(e, "MAX_CONTENT_LENGTH", 1024 * 1024) or 1024 * 1024,
             retry_after_seconds=_int(e, "RETRY_AFTER_SECONDS", 5) or 5,
             database_timeout_seconds=_positive_float(e, "DATABASE_TIMEOUT_SECONDS", 10.0),
+            sqlite_synchronous=_choice(e, "SQLITE_SYNCHRONOUS", ("FULL", "NORMAL"), "FULL"),
             sinch_project_id=e.get("SINCH_PROJECT_ID", ""),
             sinch_app_id=e.get("SINCH_APP_ID", ""),
             sinch_key_id=e.get("SINCH_KEY_ID", ""),

@@ -10,13 +10,18 @@ host are found by TCP keepalives, and unacknowledged sends by ``tcp_user_timeout
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.abc import PQGen
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -40,6 +45,12 @@ _deadline: ContextVar[float | None] = ContextVar("database_deadline", default=No
 def set_deadline(seconds: float | None) -> Token[float | None]:
     """Bound every PostgreSQL wait in this context to ``seconds`` from now (None: no bound)."""
     return _deadline.set(None if seconds is None else time.monotonic() + seconds)
+
+
+def deadline_passed() -> bool:
+    """True when this context has a database deadline and it is already over."""
+    deadline = _deadline.get()
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def clear_deadline(token: Token[float | None] | None = None) -> None:
@@ -84,15 +95,18 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:
     """Create an engine tuned for this service on SQLite or PostgreSQL."""
     if is_sqlite(url):
-        return _sqlite_engine(url, **kwargs)
+        if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+            raise ValueError(f"sqlite_synchronous must be one of {SQLITE_SYNCHRONOUS}")
+        return _sqlite_engine(url, sqlite_synchronous, **kwargs)
     options: dict[str, Any] = {
         # Error messages (and so logs) never carry SQL parameters: bodies, numbers, answers.
         "hide_parameters": True,
-        # A dead connection after a database restart is replaced, not reported.
-        "pool_pre_ping": True,
         "pool_size": 5,
         "max_overflow": 5,
         "pool_timeout": 5,
@@ -110,10 +124,47 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         ) -> DeadlineConnection:
             return DeadlineConnection.connect(*cargs, **cparams)
 
+    if "pool_pre_ping" not in kwargs:
+        _ping_when_idle(engine, PING_AFTER_IDLE_SECONDS)
     return engine
 
 
-def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+# A connection used less than this long ago is not pinged before reuse.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """pool_pre_ping, but only for connections idle for ``idle_seconds`` or more.
+
+    A dead connection after a database restart is replaced, not reported: a restart
+    leaves connections idle, and an idle one is pinged (and replaced if dead) before
+    use. A connection in steady use is not: pinging it would be one more round trip per
+    callback, a third of the time on the hot path. ingest retries once on a connection
+    that turns out dead anyway.
+    """
+
+    @event.listens_for(engine.pool, "connect")
+    def _on_connect(_dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        used_at = record.info.get("used_at")
+        if used_at is not None and time.monotonic() - used_at < idle_seconds:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as err:
+            raise exc.DisconnectionError(str(err)) from err
+        if not alive:
+            raise exc.DisconnectionError("connection failed the ping")
+
+
+def _sqlite_engine(url: str, synchronous: str, **kwargs: Any) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
         from pathlib import Path
@@ -132,8 +183,9 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit that answered 200 survives power loss, not only a process crash.
-        cur.execute("PRAGMA synchronous=FULL")
+        # FULL (default): a commit that answered 200 survives power loss, not only a
+        # process crash. NORMAL skips the fsync per commit: see README "SQLite durability".
+        cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -146,6 +198,34 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+_lock_files = threading.local()
+
+
+@contextmanager
+def write_lock(engine: Engine) -> Iterator[None]:
+    """On a SQLite file, hold an exclusive lock on ``<db>-writelock`` around a write.
+
+    SQLite lets one writer in at a time; the others wait in its busy handler, which
+    polls with sleeps of up to 100 ms, so under concurrent callbacks most of the time is
+    spent asleep with the lock free. An flock() waiter is woken the moment the lock is
+    released. Each thread opens its own descriptor (flock excludes descriptors, not
+    processes), so threads and processes queue alike. PostgreSQL: no-op.
+    """
+    path = make_url(str(engine.url)).database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    fds: dict[str, int] = _lock_files.__dict__.setdefault("fds", {})
+    fd = fds.get(path)
+    if fd is None:
+        fd = fds[path] = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
