@@ -7,14 +7,13 @@ import os
 bind = os.environ.get(
     "BIND", f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 )
-# Sync workers, two per core, by default. gthread (one process per core, 8 threads)
-# measured faster in docs/performance.md "Ingestion", but under gthread a PostgreSQL
-# that accepts connections and never answers is not cut off by the request deadline
-# (tests/test_faults.py black-hole case fails), so it is opt-in until that is fixed:
-# GUNICORN_WORKER_CLASS=gthread WEB_CONCURRENCY=2 GUNICORN_THREADS=8.
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+# One process per core, each with threads: a callback spends most of its time waiting
+# on the database, which threads overlap (and SQLite's group commit batches), and
+# gthread keeps client connections alive. Measured in docs/performance.md "Ingestion";
+# the fault tests (worker/server SIGKILL, database refused or black-holed) pass with it.
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 # A request that takes longer than this is killed; ingest needs milliseconds.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
