@@ -29,7 +29,11 @@ def create_app(settings: Settings | None = None, config: Mapping[str, Any] | Non
     app.config["JSON_SORT_KEYS"] = False
     if config:
         app.config.update(config)
-    engine = make_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    engine = make_engine(
+        settings.database_url,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        pool_size=settings.database_pool_size,
+    )
     app.extensions[EXTENSION_KEY] = AppState(settings, engine, head_revision())
 
     from webhook import cli, metrics, observe, routes

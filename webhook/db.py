@@ -98,8 +98,15 @@ def is_sqlite(url: str) -> bool:
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:
-    """Create an engine tuned for this service on SQLite or PostgreSQL."""
+def make_engine(
+    url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10, **kwargs: Any
+) -> Engine:
+    """Create an engine tuned for this service on SQLite or PostgreSQL.
+
+    ``pool_size`` (PostgreSQL) must cover the threads that use the engine at once:
+    a connection past it is an overflow one, opened for one checkout and closed at
+    checkin, i.e. a new server process per request.
+    """
     if is_sqlite(url):
         if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
             raise ValueError(f"sqlite_synchronous must be one of {SQLITE_SYNCHRONOUS}")
@@ -107,7 +114,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
     options: dict[str, Any] = {
         # Error messages (and so logs) never carry SQL parameters: bodies, numbers, answers.
         "hide_parameters": True,
-        "pool_size": 5,
+        "pool_size": pool_size,
         "max_overflow": 5,
         "pool_timeout": 5,
         # Fail fast when the server is unreachable, so callers can answer 503.
