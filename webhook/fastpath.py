@@ -20,6 +20,7 @@ handled here; ingest falls back to the generic path for them and for any error.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Mapping
@@ -85,15 +86,9 @@ def compiled(shape: Shape) -> Compiled:
 _PYFORMAT = re.compile(r"%\((\w+)\)s")
 
 
-def run(engine: Engine, event: Mapping[str, Any],
-        projections: list[tuple[str, dict[str, Any]]]) -> int | None:  # fmt: skip
-    """Run the one statement as its own transaction; the new event id, or None if stored.
-
-    On a pooled psycopg connection directly, in autocommit: SQLAlchemy's Connection and
-    execution context would cost more Python time than psycopg itself. Errors come out
-    as SQLAlchemy's (DBAPIError subclasses), and a connection that broke is invalidated,
-    as SQLAlchemy would do.
-    """
+def bind(event: Mapping[str, Any],
+         projections: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[Any]]:  # fmt: skip
+    """The one statement for this callback and its parameters, in placeholder order."""
     stmt = compiled(tuple(kind for kind, _ in projections))
     values: dict[str, Any] = {f"ev_{k}": v for k, v in event.items()}
     for kind, row in projections:
@@ -108,6 +103,23 @@ def run(engine: Engine, event: Mapping[str, Any],
             raise ValueError("naive datetime; store timezone-aware UTC values")
         # JSON columns store Python None as JSON null, as SQLAlchemy's JSON type does.
         params.append(orjson.dumps(value).decode() if how else value)
+    return stmt.sql, params
+
+
+def run(engine: Engine, event: Mapping[str, Any],
+        projections: list[tuple[str, dict[str, Any]]]) -> int | None:  # fmt: skip
+    """Run the one statement as its own transaction; the new event id, or None if stored."""
+    return execute(engine, *bind(event, projections))
+
+
+def execute(engine: Engine, sql: str, params: list[Any]) -> int | None:
+    """Run one bound statement in autocommit; the new event id, or None if stored.
+
+    On a pooled psycopg connection directly: SQLAlchemy's Connection and execution
+    context would cost more Python time than psycopg itself. Errors come out as
+    SQLAlchemy's (DBAPIError subclasses), and a connection that broke is invalidated,
+    as SQLAlchemy would do.
+    """
     pooled = engine.raw_connection()  # checkout, with the pool's idle ping
     try:
         conn: Any = pooled.driver_connection
@@ -117,18 +129,59 @@ def run(engine: Engine, event: Mapping[str, Any],
                 # A raw cursor sends the $n text as it is: psycopg does not cache its
                 # %s parsing of statements this long, which would cost more than the rest.
                 with RawCursor(conn) as cur:
-                    cur.execute(stmt.sql, params)
+                    cur.execute(sql, params)
                     found = cur.fetchone()
             finally:
                 if not (conn.closed or conn.broken):
                     conn.autocommit = False  # as the pool hands connections out
         except psycopg.Error as err:
-            broken = bool(conn.closed or conn.broken)
-            if broken:
-                pooled.invalidate(err)
-            raise exc.DBAPIError.instance(
-                stmt.sql, params, err, psycopg.Error, connection_invalidated=broken
-            ) from err
+            raise _translated(pooled, conn, err, sql, params) from err
     finally:
         pooled.close()  # back to the pool
     return None if found is None else int(found[0])
+
+
+def execute_batch(engine: Engine, statements: list[tuple[str, list[Any]]]) -> list[int | None]:
+    """Run bound statements in ONE transaction, sent in one pipeline; their event ids.
+
+    BEGIN, the statements and COMMIT go out together and the server answers them
+    together: one round trip and one commit for the lot. They run in order, each
+    seeing the rows of those before it. If any fails, none is committed.
+    """
+    pooled = engine.raw_connection()
+    try:
+        conn: Any = pooled.driver_connection
+        cursors: list[RawCursor[Any]] = []
+        try:
+            try:
+                with conn.pipeline():
+                    for sql, params in statements:
+                        cur = RawCursor(conn)
+                        cursors.append(cur)
+                        cur.execute(sql, params)
+                    conn.commit()
+                found = [cur.fetchone() for cur in cursors]
+            finally:
+                for cur in cursors:
+                    cur.close()
+        except psycopg.Error as err:
+            if not (conn.closed or conn.broken):
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+            raise _translated(pooled, conn, err, "pipeline", []) from err
+    finally:
+        pooled.close()
+    return [None if row is None else int(row[0]) for row in found]
+
+
+def _translated(pooled: Any, conn: Any, err: psycopg.Error, sql: str,
+                params: list[Any]) -> exc.DBAPIError:  # fmt: skip
+    """SQLAlchemy's error for a psycopg one; a connection that broke is invalidated."""
+    broken = bool(conn.closed or conn.broken)
+    if broken:
+        pooled.invalidate(err)
+    # Parameters hold bodies and identities: never in an error message (as the engine).
+    error = exc.DBAPIError.instance(sql, params, err, psycopg.Error, hide_parameters=True,
+                                    connection_invalidated=broken)  # fmt: skip
+    assert isinstance(error, exc.DBAPIError)
+    return error

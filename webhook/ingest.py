@@ -10,7 +10,8 @@ A database that cannot be written raises StorageUnavailable, which the endpoint
 answers with 503.
 
 How it is written depends on the database, never what is written (tests compare):
-PostgreSQL runs the whole unit as one statement (webhook.fastpath), SQLite runs it in
+PostgreSQL runs the whole unit as one statement (webhook.fastpath), sent together with
+the statements of the callbacks arriving at the same time (webhook.pgbatch), SQLite runs it in
 a SAVEPOINT of a transaction shared with the callbacks arriving at the same time
 (webhook.groupcommit), and ingest_generic is the plain transaction, on either.
 """
@@ -42,6 +43,7 @@ from webhook.callbacks import (
 from webhook.db import deadline_passed, write_lock
 from webhook.groupcommit import group_commit
 from webhook.models import CallbackEvent
+from webhook.pgbatch import batch_writer
 from webhook.prepared import Prepared, prepare
 from webhook.projections import apply_records, projection_rows, projection_statement
 
@@ -375,7 +377,10 @@ def _ingest_one_statement(
         return None
     event = event_values(outcome=outcome, **fields)
     try:
-        event_id = fastpath.run(engine, event, projections)
+        sql, params = fastpath.bind(event, projections)
+        message_id = next((row["message_id"] for _, row in projections if "message_id" in row), "")
+        key = (message_id or "", fields["digest"])
+        event_id = batch_writer(engine).run(sql, params, key)
     except UNAVAILABLE_ERRORS as err:
         raise StorageUnavailable(_describe(err)) from err
     except Exception:
