@@ -8,11 +8,12 @@ bind = os.environ.get(
     "BIND", f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 )
 # One process per core, each with threads: a callback spends most of its time waiting
-# on the database, which threads overlap (and SQLite's group commit batches), and
-# gthread keeps client connections alive. Measured in docs/performance.md "Ingestion";
+# on the database, which threads overlap (and the batch writers, SQLite's group commit
+# and PostgreSQL's pipeline, turn into fewer, larger commits), and gthread keeps client
+# connections alive. 16 threads: +10-28% callbacks/s over 8 on PostgreSQL. Measured in docs/performance.md "Ingestion";
 # the fault tests (worker/server SIGKILL, database refused or black-holed) pass with it.
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 # A request that takes longer than this is killed; ingest needs milliseconds.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))

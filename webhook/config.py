@@ -88,7 +88,7 @@ class Settings:
     database_timeout_seconds: float = 10.0
     # PostgreSQL connections each process keeps open; at least gunicorn's threads, or
     # the pool opens and closes a connection per request when every thread is busy.
-    database_pool_size: int = 10
+    database_pool_size: int = 16
     # SQLite only: FULL fsyncs every commit (survives power loss); NORMAL does not.
     sqlite_synchronous: str = "FULL"
     # Sending (Conversation API).
@@ -132,7 +132,7 @@ class Settings:
             max_content_length=_int(e, "MAX_CONTENT_LENGTH", 1024 * 1024) or 1024 * 1024,
             retry_after_seconds=_int(e, "RETRY_AFTER_SECONDS", 5) or 5,
             database_timeout_seconds=_positive_float(e, "DATABASE_TIMEOUT_SECONDS", 10.0),
-            database_pool_size=max(1, _int(e, "DATABASE_POOL_SIZE", 10) or 10),
+            database_pool_size=max(1, _int(e, "DATABASE_POOL_SIZE", 16) or 16),
             sqlite_synchronous=_choice(e, "SQLITE_SYNCHRONOUS", ("FULL", "NORMAL"), "FULL"),
             sinch_project_id=e.get("SINCH_PROJECT_ID", ""),
             sinch_app_id=e.get("SINCH_APP_ID", ""),

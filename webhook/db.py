@@ -99,7 +99,7 @@ SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
 
 def make_engine(
-    url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10, **kwargs: Any
+    url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 16, **kwargs: Any
 ) -> Engine:
     """Create an engine tuned for this service on SQLite or PostgreSQL.
 

@@ -33,10 +33,10 @@ import psycopg
 from psycopg import RawCursor
 from sqlalchemy import Engine, exc, select
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
-from sqlalchemy.types import JSON
+from sqlalchemy.types import JSON, DateTime
 
 from webhook.callbacks import Record
-from webhook.projections import projection_rows, projection_statement
+from webhook.projections import projection_columns, projection_rows, projection_statement
 
 Shape = tuple[str, ...]
 _DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
@@ -51,17 +51,23 @@ def projection_values(
     return out if len(set(kinds)) == len(kinds) else None
 
 
+# How a slot's value is sent: as it is, as JSON text, or checked to be a timezone-aware
+# datetime first.
+PLAIN, AS_JSON, AWARE = 0, 1, 2
+
+
 @dataclass(frozen=True)
 class Compiled:
     sql: str  # with PostgreSQL's own placeholders, $1 ... $n
-    # What goes into each placeholder: (value name, is JSON), or (None, a constant).
-    slots: tuple[tuple[str | None, Any], ...]
+    # What goes into each placeholder, in order: (source, key, how), where source 0 is
+    # the event, n the n-th projection row, and -1 a constant (key is then the value).
+    slots: tuple[tuple[int, Any, int], ...]
 
 
 @functools.cache
 def compiled(shape: Shape) -> Compiled:
     """The one statement for callbacks of this shape, compiled once."""
-    from webhook.ingest import event_statement
+    from webhook.ingest import EVENT_COLUMNS, event_statement
 
     ev = event_statement("postgresql", prefix="ev_").cte("ev")
     parts = [projection_statement("postgresql", kind, f"{kind}_", gate=ev).cte(f"p_{kind}")
@@ -73,13 +79,19 @@ def compiled(shape: Shape) -> Compiled:
         return f"${order.setdefault(match.group(1), len(order) + 1)}"
 
     text = _PYFORMAT.sub(number, str(sql)).replace("%%", "%")
-    slots: list[tuple[str | None, Any]] = []
+    # Bind names are prefix + column: "ev_" for the event, "<kind>_" for projections.
+    source: dict[str, tuple[int, str]] = {f"ev_{c}": (0, c) for c in EVENT_COLUMNS}
+    for i, kind in enumerate(shape, start=1):
+        source.update((f"{kind}_{c}", (i, c)) for c in projection_columns(kind))
+    slots: list[tuple[int, Any, int]] = []
     for name in order:
         bind = sql.binds[name]
-        if bind.required:
-            slots.append((name, isinstance(bind.type, JSON)))
-        else:
-            slots.append((None, bind.effective_value))
+        if not bind.required:
+            slots.append((-1, bind.effective_value, PLAIN))
+            continue
+        how = (AS_JSON if isinstance(bind.type, JSON)
+               else AWARE if isinstance(bind.type, DateTime) else PLAIN)  # fmt: skip
+        slots.append((*source[name], how))
     return Compiled(text, tuple(slots))
 
 
@@ -90,19 +102,21 @@ def bind(event: Mapping[str, Any],
          projections: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[Any]]:  # fmt: skip
     """The one statement for this callback and its parameters, in placeholder order."""
     stmt = compiled(tuple(kind for kind, _ in projections))
-    values: dict[str, Any] = {f"ev_{k}": v for k, v in event.items()}
-    for kind, row in projections:
-        values.update((f"{kind}_{k}", v) for k, v in row.items())
+    sources = (event, *(row for _, row in projections))
     params: list[Any] = []
-    for name, how in stmt.slots:
-        if name is None:
-            params.append(how)
+    append = params.append
+    for src, key, how in stmt.slots:
+        if src < 0:
+            append(key)
             continue
-        value = values[name]
-        if isinstance(value, datetime) and value.tzinfo is None:
-            raise ValueError("naive datetime; store timezone-aware UTC values")
-        # JSON columns store Python None as JSON null, as SQLAlchemy's JSON type does.
-        params.append(orjson.dumps(value).decode() if how else value)
+        value = sources[src][key]
+        if how == AWARE:
+            if isinstance(value, datetime) and value.tzinfo is None:
+                raise ValueError("naive datetime; store timezone-aware UTC values")
+        elif how == AS_JSON:
+            # JSON columns store Python None as JSON null, as SQLAlchemy's JSON type does.
+            value = orjson.dumps(value).decode()
+        append(value)
     return stmt.sql, params
 
 

@@ -200,6 +200,11 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+def projection_columns(kind: str) -> tuple[str, ...]:
+    """The columns one projection ``kind`` writes (the keys of its values dict)."""
+    return _COLUMNS[kind]
+
+
 def _insert(dialect: str, table: Any) -> UpsertInsert:
     return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
 
