@@ -11,7 +11,8 @@ bind = os.environ.get(
 # on the database, which threads overlap (and the batch writers, SQLite's group commit
 # and PostgreSQL's pipeline, turn into fewer, larger commits), and gthread keeps client
 # connections alive. 16 threads: +10-28% callbacks/s over 8 on PostgreSQL. Measured in
-# docs/performance.md "Ingestion"; the fault tests (worker/server SIGKILL, database refused or black-holed) pass with it.
+# docs/performance.md "Ingestion"; the fault tests (worker/server SIGKILL, database
+# refused or black-holed) pass with it.
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
