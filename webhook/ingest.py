@@ -29,7 +29,6 @@ from sqlalchemy import Connection, Engine, bindparam, exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningInsert
 
-from webhook import fastpath
 from webhook.callbacks import (
     UNKNOWN,
     Envelope,
@@ -369,6 +368,8 @@ def _ingest_one_statement(
     engine: Engine, outcome: Outcome, fields: dict[str, Any]
 ) -> IngestResult | None:
     """PostgreSQL: the whole ingest as one autocommit statement; None to use the generic path."""
+    from webhook import fastpath  # psycopg: imported on PostgreSQL only
+
     records = outcome.parsed.records if outcome.parsed is not None else ()
     projections = fastpath.projection_values(records, fields["received_at"])
     if projections is None:
