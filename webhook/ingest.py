@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningInsert
 
 from webhook.callbacks import (
@@ -42,7 +41,12 @@ from webhook.db import deadline_passed, write_lock
 from webhook.groupcommit import group_commit
 from webhook.models import CallbackEvent
 from webhook.prepared import Prepared, prepare
-from webhook.projections import apply_records, projection_rows, projection_statement
+from webhook.projections import (
+    apply_records,
+    dialect_insert,
+    projection_rows,
+    projection_statement,
+)
 
 _T = TypeVar("_T")
 PROCESSED, IGNORED, FAILED = "processed", "ignored", "failed"
@@ -144,13 +148,9 @@ def event_statement(dialect: str, prefix: str = "") -> ReturningInsert[int]:
     """INSERT the raw event unless its digest is stored; RETURNING its id (binds: prefix+col)."""
     table = CallbackEvent.__table__
     binds = {c: bindparam(prefix + c, type_=table.c[c].type) for c in EVENT_COLUMNS}
-    ins = (
-        postgresql.insert(CallbackEvent)
-        if dialect == "postgresql"
-        else sqlite.insert(CallbackEvent)
-    )
     return (
-        ins.values(binds)
+        dialect_insert(dialect, CallbackEvent)
+        .values(binds)
         .on_conflict_do_nothing(index_elements=["body_sha256"])
         .returning(CallbackEvent.id)
     )
