@@ -3,7 +3,7 @@
 The feature modules are imported the first time a group's commands are looked up (a
 `flask` command runs, or its help is shown), not when the app is created: a gunicorn
 worker never runs a command, and they import what only commands need (httpx,
-tenacity, the replay and report code: about 6 MB per worker).
+tenacity, the replay and report code: about 4 MB per worker).
 """
 
 from __future__ import annotations
