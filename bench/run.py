@@ -144,13 +144,14 @@ class Server:
         return children(self.proc.pid)
 
 
-def start_server(app: str, env: dict[str, str], log_path: Path) -> Server:
+def start_server(app: str, env: dict[str, str], log_path: Path, cwd: Path = ROOT) -> Server:
+    """gunicorn with gunicorn.conf.py, serving ``app`` from the tree at ``cwd``."""
     port = free_port()
     full_env = {**os.environ, **env, "BIND": f"127.0.0.1:{port}"}
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", app],
-            cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

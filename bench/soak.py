@@ -77,7 +77,8 @@ class Soak:
     minutes: dict[int, Minute] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     max_in_flight: int = 0
-    in_flight_cap: int = 2000
+    in_flight_cap: int = 2000  # most requests queued for a free connection
+    connections: int = 32
     late_starts: int = 0  # requests the scheduler started more than 50 ms after due
 
     def minute(self, due_offset: float) -> Minute:
@@ -87,11 +88,12 @@ class Soak:
         self.errors[kind] = self.errors.get(kind, 0) + 1
         self.minute(due_offset).errors += 1
 
-    async def post(self, body: bytes, due: float, start: float) -> None:
+    async def send(self, conn: list[Any], body: bytes, due: float, start: float) -> None:
+        """POST one body on a kept-alive connection (``conn``: [reader, writer] or empty)."""
         headers = sign_headers(SECRET, body, uuid.uuid4().hex)
         head = (
             "POST /sinch/callbacks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Content-Type: application/json\r\nConnection: close\r\n"
+            "Content-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n"
             + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
             + "\r\n"
@@ -99,17 +101,32 @@ class Soak:
         offset = due - start
         self.minute(offset).sent += 1
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.port), timeout=30
-            )
-            try:
-                writer.write(head.encode("latin-1") + body)
-                await writer.drain()
-                status_line = await asyncio.wait_for(reader.readline(), timeout=60)
-                await asyncio.wait_for(reader.read(), timeout=60)  # until the server closes
-            finally:
+            if not conn:
+                conn[:] = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", self.port), timeout=30
+                )
+            reader, writer = conn
+            writer.write(head.encode("latin-1") + body)
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), timeout=60)
+            length, close = 0, False
+            while (line := await asyncio.wait_for(reader.readline(), timeout=60)) not in (
+                b"\r\n",
+                b"",
+            ):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+                elif name.strip().lower() == "connection" and "close" in value.lower():
+                    close = True
+            await asyncio.wait_for(reader.readexactly(length), timeout=60)
+            if close or not status_line:
                 writer.close()
-        except (OSError, TimeoutError) as err:
+                conn.clear()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
+            if conn:
+                conn[1].close()
+                conn.clear()
             self.error(type(err).__name__, offset)
             return
         parts = status_line.split()
@@ -120,10 +137,24 @@ class Soak:
         self.acked.append(digest(body))
         self.minute(offset).latencies.append(time.monotonic() - due)
 
+    async def connection(self, queue: asyncio.Queue[tuple[bytes, float, float] | None]) -> None:
+        """One client connection: sends what is due, in turn, kept alive between requests."""
+        conn: list[Any] = []
+        while (job := await queue.get()) is not None:
+            await self.send(conn, *job)
+        if conn:
+            conn[1].close()
+
     async def run(self, source: Iterator[bytes]) -> None:
+        """Open loop: request i is due at start + i/rate, sent by the first free connection.
+
+        Like an HTTP client's connection pool (``connections`` kept alive). When all are
+        busy, due requests wait in the queue, and that wait counts in their latency.
+        """
         start = time.monotonic() + 0.2
         total = int(self.rate * self.duration)
-        tasks: set[asyncio.Task[None]] = set()
+        queue: asyncio.Queue[tuple[bytes, float, float] | None] = asyncio.Queue()
+        senders = [asyncio.create_task(self.connection(queue)) for _ in range(self.connections)]
         for i in range(total):
             due = start + i / self.rate
             delay = due - time.monotonic()
@@ -131,16 +162,16 @@ class Soak:
                 await asyncio.sleep(delay)
             elif delay < -0.05:
                 self.late_starts += 1
-            if len(tasks) >= self.in_flight_cap:
-                # Overloaded: count it, but do not pile connections onto a shared machine.
+            if queue.qsize() >= self.in_flight_cap:
+                # Overloaded: count it, but do not pile work onto a shared machine.
                 self.minute(due - start).sent += 1
                 self.error("dropped_overload", due - start)
                 continue
-            task = asyncio.create_task(self.post(next(source), due, start))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            self.max_in_flight = max(self.max_in_flight, len(tasks))
-        await asyncio.gather(*tasks)
+            queue.put_nowait((next(source), due, start))
+            self.max_in_flight = max(self.max_in_flight, queue.qsize())
+        for _ in senders:
+            queue.put_nowait(None)
+        await asyncio.gather(*senders)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -165,16 +196,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=500.0, help="callbacks per second")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds")
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="gunicorn workers (as gunicorn.conf.py: one per CPU)")  # fmt: skip
     parser.add_argument("--worker-class", default="gthread", help="gunicorn worker class")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker")
+    parser.add_argument("--threads", type=int, default=16,
+                        help="threads per worker (as gunicorn.conf.py)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--max-in-flight",
         type=int,
         default=2000,
-        help="requests open at once before further ones count as errors",
+        help="requests waiting for a free connection before further ones count as errors",
     )
+    parser.add_argument("--connections", type=int, default=32,
+                        help="client connections, kept alive (an HTTP client's pool)")  # fmt: skip
     parser.add_argument("--database-url", help="an existing, migrated database")
     args = parser.parse_args()
 
@@ -217,7 +252,8 @@ def run(args: argparse.Namespace, url: str) -> int:
     service = Service(url, log, secret=SECRET, workers=args.workers, env=env)
     samples: list[dict[str, Any]] = []
     stop = threading.Event()
-    soak = Soak(0, args.rate, args.duration, in_flight_cap=args.max_in_flight)
+    soak = Soak(0, args.rate, args.duration, in_flight_cap=args.max_in_flight,
+                connections=args.connections)  # fmt: skip
     try:
         service.start()
         soak.port = service.port
@@ -291,7 +327,8 @@ def run(args: argparse.Namespace, url: str) -> int:
         "stored_events": stored,
         "acknowledged_missing": len(acked) - found,
         "late_starts": soak.late_starts,
-        "max_in_flight": soak.max_in_flight,
+        "max_queued": soak.max_in_flight,
+        "connections": args.connections,
         "p50_ms": round(percentile(all_latencies, 0.5) * 1000, 1),
         "p99_ms": round(percentile(all_latencies, 0.99) * 1000, 1),
         "p99_per_minute_ms": p99s,

@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
-from sqlalchemy import inspect
+import pytest
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, exc, inspect, text
 
 from webhook import migrate
 from webhook.db import make_engine
 from webhook.models import Base
 
 
+def alembic_current(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def outcome(fn: Callable[[], str | None]) -> tuple[str, str | None]:
+    """What a call returns, or the error it raises."""
+    try:
+        return "returned", fn()
+    except Exception as err:
+        return f"raised {type(err).__name__}", str(err)
+
+
 def test_upgrade_check_downgrade(backend: str, new_database_url: Callable[[str], str]) -> None:
     engine = make_engine(new_database_url(backend))
     try:
+        assert migrate.current_revision(engine) is None  # no version table yet
+        assert alembic_current(engine) is None
         migrate.upgrade(engine)
         assert migrate.current_revision(engine) == migrate.head_revision()
+        assert alembic_current(engine) == migrate.head_revision()
         tables = set(inspect(engine).get_table_names())
         assert set(Base.metadata.tables) <= tables
         migrate.check(engine)  # raises if models and migrations differ
         migrate.downgrade(engine, "base")
-        assert migrate.current_revision(engine) is None
+        assert migrate.current_revision(engine) is None  # an empty version table
+        assert alembic_current(engine) is None
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         migrate.upgrade(engine)  # and back up again
         assert migrate.current_revision(engine) == migrate.head_revision()
@@ -49,3 +70,82 @@ def test_flask_db_upgrade_unreachable_database_is_one_line() -> None:
     assert result.exit_code == 1
     assert result.output.startswith("Error: upgrade failed: database unavailable")
     assert "Traceback" not in result.output
+
+
+def test_head_revision_is_alembics() -> None:
+    alembic_head = ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
+    assert alembic_head is not None
+    assert migrate.head_revision() == alembic_head
+    # Read from the scripts' text, without falling back to Alembic.
+    assert migrate._head_from_script_text(migrate.MIGRATIONS_DIR / "versions") == alembic_head
+
+
+SCRIPT = """revision{annotation} = {revision}
+down_revision{annotation} = {down}
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
+"""
+
+# name -> (revision, down_revision) source text of each script.
+SCRIPT_SETS: dict[str, list[tuple[str, str]]] = {
+    "empty": [],
+    "linear": [('"a"', "None"), ('"b"', '"a"'), ('"c"', '"b"')],
+    "merged": [('"a"', "None"), ('"b"', '"a"'), ('"c"', '"a"'), ('"d"', '("b", "c")')],
+    "two heads": [('"a"', "None"), ('"b"', '"a"'), ('"c"', '"a"')],
+    "computed": [('"a"', "None"), ('"b" + "c"', '"a"')],
+    "missing down revision": [('"a"', "None"), ('"b"', '"x"')],
+}
+
+
+@pytest.mark.parametrize("name", SCRIPT_SETS)
+@pytest.mark.filterwarnings("ignore:Revision x referenced:UserWarning")
+def test_head_revision_matches_alembic_on_other_histories(name: str, tmp_path: Path) -> None:
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    for i, (revision, down) in enumerate(SCRIPT_SETS[name]):
+        annotation = ": str" if i % 2 else ""
+        text_ = SCRIPT.format(revision=revision, down=down, annotation=annotation)
+        (versions / f"{i:04d}_script.py").write_text(text_)
+    expected = outcome(lambda: ScriptDirectory(str(tmp_path)).get_current_head())
+    assert outcome(lambda: migrate.head_revision(tmp_path)) == expected
+
+
+def test_current_revision_with_several_rows_raises_like_alembic(
+    backend: str, new_database_url: Callable[[str], str]
+) -> None:
+    engine = make_engine(new_database_url(backend))
+    try:
+        migrate.upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('other')"))
+        expected = outcome(lambda: alembic_current(engine))
+        assert expected[0] == "raised CommandError"
+        assert outcome(lambda: migrate.current_revision(engine)) == expected
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+def test_current_revision_unreachable_database_raises_operational_error(
+    database: str, tmp_path: Path
+) -> None:
+    # No server on port 1; a directory where the SQLite file should be.
+    url = (
+        "postgresql+psycopg://127.0.0.1:1/none"
+        if database == "postgresql"
+        else f"sqlite:///{tmp_path}"
+    )
+    engine = make_engine(url)
+    try:
+        with pytest.raises(exc.OperationalError):
+            alembic_current(engine)
+        with pytest.raises(exc.OperationalError):
+            migrate.current_revision(engine)
+    finally:
+        engine.dispose()

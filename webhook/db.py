@@ -17,16 +17,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from typing import Any, TypeVar
+from typing import Any
 
-import psycopg
-from psycopg.abc import PQGen
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
-
-RV = TypeVar("RV")
 
 CONNECT_TIMEOUT_SECONDS = 3
 # libpq TCP settings: find a dead peer on an idle connection within ~60 s, and give up
@@ -64,33 +60,6 @@ def clear_deadline(token: Token[float | None] | None = None) -> None:
     _deadline.set(None)
 
 
-class DeadlineTimeout(psycopg.OperationalError):
-    """The server did not answer before the deadline; the connection was closed."""
-
-
-class DeadlineConnection(psycopg.Connection[Any]):
-    """A psycopg connection whose waits for the server end at the context's deadline.
-
-    A query cut short leaves the protocol mid-message, so the connection is closed:
-    SQLAlchemy then sees a disconnect, drops it from the pool and connects afresh.
-    """
-
-    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
-        deadline = _deadline.get()
-        if deadline is None or timeout is not None:
-            return super().wait(gen, interval=interval, timeout=timeout)
-        remaining = max(deadline - time.monotonic(), 0.001)
-        try:
-            return super().wait(gen, interval=interval, timeout=remaining)
-        except psycopg.OperationalError:
-            if time.monotonic() < deadline:
-                raise
-            self.close()
-            raise DeadlineTimeout(
-                f"the database did not answer within the deadline ({remaining:.1f} s)"
-            ) from None
-
-
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -124,6 +93,7 @@ def make_engine(
     engine = create_engine(url, **options)
 
     if engine.dialect.driver == "psycopg":
+        from webhook.db_psycopg import DeadlineConnection
 
         @event.listens_for(engine, "do_connect")
         def _connect(

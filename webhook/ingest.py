@@ -27,10 +27,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningInsert
 
-from webhook import fastpath
 from webhook.callbacks import (
     UNKNOWN,
     Envelope,
@@ -43,9 +41,13 @@ from webhook.callbacks import (
 from webhook.db import deadline_passed, write_lock
 from webhook.groupcommit import group_commit
 from webhook.models import CallbackEvent
-from webhook.pgbatch import batch_writer
 from webhook.prepared import Prepared, prepare
-from webhook.projections import apply_records, projection_rows, projection_statement
+from webhook.projections import (
+    apply_records,
+    dialect_insert,
+    projection_rows,
+    projection_statement,
+)
 
 _T = TypeVar("_T")
 PROCESSED, IGNORED, FAILED = "processed", "ignored", "failed"
@@ -147,13 +149,9 @@ def event_statement(dialect: str, prefix: str = "") -> ReturningInsert[int]:
     """INSERT the raw event unless its digest is stored; RETURNING its id (binds: prefix+col)."""
     table = CallbackEvent.__table__
     binds = {c: bindparam(prefix + c, type_=table.c[c].type) for c in EVENT_COLUMNS}
-    ins = (
-        postgresql.insert(CallbackEvent)
-        if dialect == "postgresql"
-        else sqlite.insert(CallbackEvent)
-    )
     return (
-        ins.values(binds)
+        dialect_insert(dialect, CallbackEvent)
+        .values(binds)
         .on_conflict_do_nothing(index_elements=["body_sha256"])
         .returning(CallbackEvent.id)
     )
@@ -370,7 +368,11 @@ def _prepared(conn: Connection, kind: str) -> Prepared:
 def _ingest_one_statement(
     engine: Engine, outcome: Outcome, fields: dict[str, Any]
 ) -> IngestResult | None:
-    """PostgreSQL: the whole ingest as one autocommit statement; None to use the generic path."""
+    """PostgreSQL: the whole ingest as one statement, committed alone or in a batch
+    (webhook.pgbatch); None to use the generic path."""
+    from webhook import fastpath  # psycopg: imported on PostgreSQL only
+    from webhook.pgbatch import batch_writer
+
     records = outcome.parsed.records if outcome.parsed is not None else ()
     projections = fastpath.projection_values(records, fields["received_at"])
     if projections is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     CTE,
@@ -30,7 +30,7 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
 from webhook.callbacks import (
     DeliveryReportRecord,
@@ -40,6 +40,11 @@ from webhook.callbacks import (
     Record,
 )
 from webhook.models import DeliveryReport, FlowResponse, FlowSend, InboundMessage, MessageStatus
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import sqlite
+
+    UpsertInsert = postgresql.Insert | sqlite.Insert
 
 STAGE_COLUMNS = {
     "QUEUED_ON_CHANNEL": "queued_at",
@@ -57,13 +62,18 @@ STATUS_RANKS = {
 }
 
 
-UpsertInsert = postgresql.Insert | sqlite.Insert
-
-
 def upsert_insert(conn: Connection, table: Any) -> UpsertInsert:
     """An INSERT that supports ON CONFLICT on this connection's dialect."""
-    if conn.dialect.name == "postgresql":
+    return dialect_insert(conn.dialect.name, table)
+
+
+def dialect_insert(dialect: str, table: Any) -> UpsertInsert:
+    """An INSERT that supports ON CONFLICT on ``dialect`` (postgresql, else SQLite)."""
+    if dialect == "postgresql":
         return postgresql.insert(table)
+    # Imported here: a service on PostgreSQL never loads SQLite's dialect.
+    from sqlalchemy.dialects import sqlite
+
     return sqlite.insert(table)
 
 
@@ -205,10 +215,6 @@ def projection_columns(kind: str) -> tuple[str, ...]:
     return _COLUMNS[kind]
 
 
-def _insert(dialect: str, table: Any) -> UpsertInsert:
-    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-
-
 def projection_statement(dialect: str, kind: str, prefix: str = "",
                          gate: CTE | None = None) -> UpsertInsert:  # fmt: skip
     """The upsert for one projection ``kind``, values as bind parameters ``prefix + column``.
@@ -219,7 +225,7 @@ def projection_statement(dialect: str, kind: str, prefix: str = "",
     table = _TABLES[kind]
     names = [n for n in _COLUMNS[kind] if not (gate is not None and n == "source_event_id")]
     binds = [bindparam(prefix + n, type_=table.__table__.c[n].type) for n in names]
-    stmt = _insert(dialect, table)
+    stmt = dialect_insert(dialect, table)
     if gate is None:
         stmt = stmt.values(dict(zip(names, binds, strict=True)))
     elif "source_event_id" in _COLUMNS[kind]:

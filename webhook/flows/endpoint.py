@@ -14,24 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from flask import Blueprint, Flask, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy import Engine, exists, select
 
 from webhook.config import ConfigError, Settings
 from webhook.errors import error_response
-from webhook.flows.crypto import (
-    SIGNATURE_HEADER,
-    DecryptionError,
-    KeyLoadError,
-    decrypt_request,
-    encrypt_response,
-    load_private_keys,
-    signature_matches,
-)
 from webhook.flows.handlers import (
     PING,
     FlowRequest,
@@ -46,6 +36,12 @@ from webhook.flows.recording import ExchangeRecorder
 from webhook.models import FlowExchange, FlowResponse, FlowSend
 from webhook.observe import record_flow_exchange
 from webhook.state import state
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+# webhook.flows.crypto (and so cryptography, about 9 MB per process) is imported only
+# where keys are loaded or used: a service without FLOWS_PRIVATE_KEY never loads it.
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +105,8 @@ def configure(settings: Settings) -> EndpointConfig | None:
     """Load keys and the handler; None when no key is set. ConfigError names the setting."""
     if not settings.flows_private_keys:
         return None
+    from webhook.flows.crypto import KeyLoadError, load_private_keys
+
     try:
         keys = load_private_keys(
             settings.flows_private_keys, settings.flows_private_key_passphrases
@@ -166,6 +164,8 @@ def flows_data() -> Response:
             "flows_not_configured",
             "the Flows data endpoint is not configured (set FLOWS_PRIVATE_KEY)",
         )
+    from webhook.flows.crypto import SIGNATURE_HEADER
+
     exchange = Exchange(received_at=datetime.now(UTC))
     body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
     signature = request.headers.get(SIGNATURE_HEADER)
@@ -186,6 +186,13 @@ def answer(
     exchange: Exchange,
 ) -> tuple[int, str]:
     """Decide the HTTP status and body for one request, filling in ``exchange``."""
+    from webhook.flows.crypto import (
+        DecryptionError,
+        decrypt_request,
+        encrypt_response,
+        signature_matches,
+    )
+
     if config.app_secrets and not signature_matches(body, signature, config.app_secrets):
         reason = "signature_missing" if not signature else "signature_mismatch"
         exchange.fail(reason, reason.replace("_", " "))
