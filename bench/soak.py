@@ -51,6 +51,30 @@ from webhook.simulate import SimulationConfig, simulate_message  # noqa: E402
 SECRET = "soak-secret"
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    request: bytes  # the whole HTTP request: head and body
+    digest: str  # SHA-256 of the body, as callback_events stores it
+
+
+def requests(seed: int, count: int) -> list[Prepared]:
+    """``count`` distinct simulated callbacks as signed HTTP requests, built before the
+    run so that the load generator spends its time sending, not simulating or signing.
+    (Signed with the time they are built; the service's signature age check is off.)"""
+    out = []
+    for i, body in zip(range(count), bodies(seed), strict=False):
+        headers = sign_headers(SECRET, body, f"soak-{seed}-{i}")
+        head = (
+            "POST /sinch/callbacks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            + "\r\n"
+        )
+        out.append(Prepared(head.encode("latin-1") + body, digest(body)))
+    return out
+
+
 def bodies(seed: int) -> Iterator[bytes]:
     """Distinct simulated callbacks, generated as they are needed."""
     cfg = SimulationConfig(messages=10**9, seed=seed, completion_rate=0.4)
@@ -88,56 +112,39 @@ class Soak:
         self.errors[kind] = self.errors.get(kind, 0) + 1
         self.minute(due_offset).errors += 1
 
-    async def send(self, conn: list[Any], body: bytes, due: float, start: float) -> None:
-        """POST one body on a kept-alive connection (``conn``: [reader, writer] or empty)."""
-        headers = sign_headers(SECRET, body, uuid.uuid4().hex)
-        head = (
-            "POST /sinch/callbacks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-            + "\r\n"
-        )
+    async def send(self, conn: list[Any], job: Prepared, due: float, start: float) -> None:
+        """POST one request on a kept-alive connection (``conn``: [reader, writer] or empty)."""
         offset = due - start
         self.minute(offset).sent += 1
         try:
-            if not conn:
-                conn[:] = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", self.port), timeout=30
-                )
-            reader, writer = conn
-            writer.write(head.encode("latin-1") + body)
-            await writer.drain()
-            status_line = await asyncio.wait_for(reader.readline(), timeout=60)
-            length, close = 0, False
-            while (line := await asyncio.wait_for(reader.readline(), timeout=60)) not in (
-                b"\r\n",
-                b"",
-            ):
-                name, _, value = line.decode("latin-1").partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-                elif name.strip().lower() == "connection" and "close" in value.lower():
-                    close = True
-            await asyncio.wait_for(reader.readexactly(length), timeout=60)
-            if close or not status_line:
-                writer.close()
-                conn.clear()
+            async with asyncio.timeout(60):
+                if not conn:
+                    conn[:] = await asyncio.open_connection("127.0.0.1", self.port)
+                reader, writer = conn
+                writer.write(job.request)
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").lower().split("\r\n")
+                fields = dict(line.partition(":")[::2] for line in lines[1:] if line)
+                await reader.readexactly(int(fields.get("content-length", "0")))
+                if "close" in fields.get("connection", ""):
+                    writer.close()
+                    conn.clear()
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
             if conn:
                 conn[1].close()
                 conn.clear()
             self.error(type(err).__name__, offset)
             return
-        parts = status_line.split()
+        parts = lines[0].split()
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         if status != 200:
             self.error(f"http_{status}", offset)
             return
-        self.acked.append(digest(body))
+        self.acked.append(job.digest)
         self.minute(offset).latencies.append(time.monotonic() - due)
 
-    async def connection(self, queue: asyncio.Queue[tuple[bytes, float, float] | None]) -> None:
+    async def connection(self, queue: asyncio.Queue[tuple[Prepared, float, float] | None]) -> None:
         """One client connection: sends what is due, in turn, kept alive between requests."""
         conn: list[Any] = []
         while (job := await queue.get()) is not None:
@@ -145,7 +152,7 @@ class Soak:
         if conn:
             conn[1].close()
 
-    async def run(self, source: Iterator[bytes]) -> None:
+    async def run(self, source: Iterator[Prepared]) -> None:
         """Open loop: request i is due at start + i/rate, sent by the first free connection.
 
         Like an HTTP client's connection pool (``connections`` kept alive). When all are
@@ -153,7 +160,7 @@ class Soak:
         """
         start = time.monotonic() + 0.2
         total = int(self.rate * self.duration)
-        queue: asyncio.Queue[tuple[bytes, float, float] | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[Prepared, float, float] | None] = asyncio.Queue()
         senders = [asyncio.create_task(self.connection(queue)) for _ in range(self.connections)]
         for i in range(total):
             due = start + i / self.rate
@@ -242,6 +249,9 @@ def run(args: argparse.Namespace, url: str) -> int:
     """Serve, send, sample, verify and report; the database exists and is migrated."""
     import threading
 
+    built = time.monotonic()
+    prepared = requests(args.seed, int(args.rate * args.duration))
+    print(f"{len(prepared)} signed requests built in {time.monotonic() - built:.0f} s")
     load_before = uptime()
     log = Path(tempfile.mkdtemp(prefix="soak-")) / "gunicorn.log"
     env = {
@@ -261,7 +271,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         sampler = threading.Thread(target=sample_memory, args=(service, samples, stop))
         sampler.start()
         began = time.monotonic()
-        asyncio.run(soak.run(bodies(args.seed)))
+        asyncio.run(soak.run(iter(prepared)))
         elapsed = time.monotonic() - began
         stop.set()
         sampler.join()
