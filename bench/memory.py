@@ -46,7 +46,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from bench.run import ROOT, SECRET, pg_reachable, start_server, stop_server
+from bench.run import ROOT, SECRET, add_server_arguments, pg_reachable, start_server, stop_server
 from webhook.config import normalize_database_url
 from webhook.signing import sign_headers
 from webhook.simulate import SimulationConfig, simulate
@@ -306,20 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--flows", action="store_true", help="also measure with the Flows data endpoint configured"
     )
-    p.add_argument(
-        "--pg-url",
-        default=os.environ.get("BENCH_DATABASE_URL")
-        or os.environ.get("TEST_DATABASE_URL")
-        or "postgresql://127.0.0.1:5432/test",
-        help="PostgreSQL server to create the throwaway databases on",
-    )
-    p.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for every gunicorn (e.g. WEB_CONCURRENCY=3)",
-    )
+    add_server_arguments(p)
     return p.parse_args(argv)
 
 

@@ -471,6 +471,24 @@ def write_doc(block: str) -> None:
 # ---------------------------------------------------------------- main
 
 
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """--pg-url and --env, as every benchmark that starts the service takes them."""
+    p.add_argument(
+        "--pg-url",
+        default=os.environ.get("BENCH_DATABASE_URL")
+        or os.environ.get("TEST_DATABASE_URL")
+        or "postgresql://127.0.0.1:5432/test",
+        help="PostgreSQL server to create the throwaway databases on",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for every gunicorn (e.g. WEB_CONCURRENCY=3)",
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--duration", type=float, default=20, help="seconds per measured run")
@@ -487,20 +505,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backends", default="sqlite,postgresql")
     p.add_argument("--stored-backends", default="sqlite,postgresql")
     p.add_argument("--duplicates", type=float, default=0.03, help="share of exact duplicates")
-    p.add_argument(
-        "--pg-url",
-        default=os.environ.get("BENCH_DATABASE_URL")
-        or os.environ.get("TEST_DATABASE_URL")
-        or "postgresql://127.0.0.1:5432/test",
-        help="PostgreSQL server to create the throwaway databases on",
-    )
-    p.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for every gunicorn (e.g. WEB_CONCURRENCY=3)",
-    )
+    add_server_arguments(p)
     p.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     p.add_argument("--keep", action="store_true", help="keep logs and request files")
     return p.parse_args(argv)  # fmt: skip

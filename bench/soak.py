@@ -100,7 +100,7 @@ class Soak:
     acked: list[str] = field(default_factory=list)
     minutes: dict[int, Minute] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
-    max_in_flight: int = 0
+    max_queued: int = 0  # most requests waiting for a free connection at once
     in_flight_cap: int = 2000  # most requests queued for a free connection
     connections: int = 32
     late_starts: int = 0  # requests the scheduler started more than 50 ms after due
@@ -175,7 +175,7 @@ class Soak:
                 self.error("dropped_overload", due - start)
                 continue
             queue.put_nowait((next(source), due, start))
-            self.max_in_flight = max(self.max_in_flight, queue.qsize())
+            self.max_queued = max(self.max_queued, queue.qsize())
         for _ in senders:
             queue.put_nowait(None)
         await asyncio.gather(*senders)
@@ -337,7 +337,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         "stored_events": stored,
         "acknowledged_missing": len(acked) - found,
         "late_starts": soak.late_starts,
-        "max_queued": soak.max_in_flight,
+        "max_queued": soak.max_queued,
         "connections": args.connections,
         "p50_ms": round(percentile(all_latencies, 0.5) * 1000, 1),
         "p99_ms": round(percentile(all_latencies, 0.99) * 1000, 1),

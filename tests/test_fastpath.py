@@ -87,9 +87,9 @@ def test_every_simulated_and_fixture_callback_takes_one_statement(pg_engine: Eng
         assert projections is not None, outcome.trigger
         event = event_values(body=body, digest=f"{i:064x}", headers=HEADERS, received_at=T0,
                              payload=payload, outcome=outcome)  # fmt: skip
-        assert isinstance(fastpath.run(pg_engine, event, projections), int)
+        assert isinstance(fastpath.execute(pg_engine, *fastpath.bind(event, projections)), int)
         # The same body again: nothing returned, nothing written.
-        assert fastpath.run(pg_engine, event, projections) is None
+        assert fastpath.execute(pg_engine, *fastpath.bind(event, projections)) is None
         taken += 1
     assert count(pg_engine, "callback_events") == taken
 

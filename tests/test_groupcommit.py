@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import truncate_all
-from tests.helpers import FIXTURES, count, fixture_bytes
+from tests.helpers import FIXTURES, count, fixture_bytes, in_threads
 from webhook.callbacks import load_body
 from webhook.db import write_lock
 from webhook.groupcommit import GroupCommit, group_commit
@@ -28,24 +28,6 @@ def lite(engine: Engine, backend: str) -> Engine:
     if backend != "sqlite":
         pytest.skip("group commit is SQLite's")
     return engine
-
-
-def in_threads(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run each call in its own thread; return results or the exceptions raised."""
-    out: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        try:
-            out[i] = calls[i]()
-        except Exception as err:
-            out[i] = err
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
 
 
 def wait_for(condition: Callable[[], bool]) -> None:

@@ -6,7 +6,6 @@ of them write: the batch is then exactly the callbacks queued, whatever the sche
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.conftest import truncate_all
-from tests.helpers import count, fixture_bytes, rows
+from tests.helpers import count, fixture_bytes, in_threads, rows
 from tests.test_fastpath import HEADERS, snapshot, stream
 from webhook import fastpath
 from webhook.callbacks import load_body
@@ -32,26 +31,6 @@ def pg_engine(engine: Engine, backend: str) -> Engine:
     if backend != "postgresql":
         pytest.skip("the batch writer is PostgreSQL's")
     return engine
-
-
-def in_threads(calls: list[Callable[[], Any]], started: Callable[[], None]) -> list[Any]:
-    """Run each call in its own thread, ``started`` once they all run; results or errors."""
-    out: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        try:
-            out[i] = calls[i]()
-        except Exception as err:
-            out[i] = err
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    started()
-    for t in threads:
-        t.join(60)
-        assert not t.is_alive(), "a thread never returned"
-    return out
 
 
 @contextmanager
@@ -78,7 +57,7 @@ def together(engine: Engine, bodies: list[bytes], times: list[datetime]) -> list
     calls = [lambda b=b, t=t: ingest(engine, b, load_body(b), HEADERS, t)
              for b, t in zip(bodies, times, strict=True)]  # fmt: skip
     with hold(writer, len(bodies)) as release:
-        return in_threads(calls, release)
+        return in_threads(calls, release, timeout=60)
 
 
 def test_callbacks_waiting_together_share_one_commit(pg_engine: Engine) -> None:
@@ -166,7 +145,7 @@ def test_a_batch_that_cannot_be_sent_leaves_each_statement_to_its_thread(
     writer = BatchWriter(pg_engine)
     calls = [lambda: writer.run(*good, ("a", "1")), lambda: writer.run(*broken, ("b", "2"))]
     with hold(writer, 2) as release:
-        first, second = in_threads(calls, release)
+        first, second = in_threads(calls, release, timeout=60)
     assert isinstance(first, int)
     assert isinstance(second, Exception) and "object" in str(second)
     assert writer.batches == 0
@@ -179,7 +158,7 @@ def test_the_writer_hands_over_and_never_leaves_a_thread_waiting(pg_engine: Engi
     bound = [fastpath.bind(*_bound(pg_engine, b)) for b in bodies]
     calls = [lambda s=s, i=i: writer.run(*s, ("", f"{i:04d}")) for i, s in enumerate(bound)]
     with hold(writer, len(calls)) as release:
-        results = in_threads(calls, release)
+        results = in_threads(calls, release, timeout=60)
     assert all(isinstance(r, int) for r in results), results
     assert writer.batches >= len(bodies) // 4 and writer.queued == 0
     assert not writer._writing

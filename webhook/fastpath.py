@@ -120,12 +120,6 @@ def bind(event: Mapping[str, Any],
     return stmt.sql, params
 
 
-def run(engine: Engine, event: Mapping[str, Any],
-        projections: list[tuple[str, dict[str, Any]]]) -> int | None:  # fmt: skip
-    """Run the one statement as its own transaction; the new event id, or None if stored."""
-    return execute(engine, *bind(event, projections))
-
-
 def execute(engine: Engine, sql: str, params: list[Any]) -> int | None:
     """Run one bound statement in autocommit; the new event id, or None if stored.
 

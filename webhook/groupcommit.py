@@ -15,49 +15,34 @@ fails the whole batch with StorageUnavailable (nothing of it was committed).
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from webhook.db import write_lock
+from webhook.handoff import Handoff, PerEngine, Waiting
 
 
 @dataclass(eq=False)
-class _Item:
+class _Item(Waiting):
     work: Callable[[Connection], Any]
     result: Any = None
-    error: BaseException | None = None
-    done: bool = False
-    # Set when the unit is done, or when its thread is to write the next batch.
-    wake: threading.Event = field(default_factory=threading.Event)
 
 
-class GroupCommit:
+class GroupCommit(Handoff[_Item]):
     """Runs units of work from many threads in shared transactions, one commit each.
 
-    One thread writes at a time. A thread that arrives while another writes queues its
-    unit and sleeps on its own event; the writer wakes each unit of its batch after
-    the commit, then hands the writing to the first unit queued meanwhile (which takes
-    everything queued by then). Nobody polls, and nobody is woken for nothing.
+    Threads take turns as in webhook.handoff: the writer runs every queued unit in
+    one transaction and commits once, then each thread of the batch answers.
     """
 
     def __init__(self, engine: Engine, fatal: tuple[type[BaseException], ...] = ()) -> None:
+        super().__init__()
         self.engine = engine
         self.fatal = fatal
-        self._lock = threading.Lock()
-        self._queue: list[_Item] = []
-        self._writing = False
         self.commits = 0  # for tests and curiosity
-
-    @property
-    def queued(self) -> int:
-        """Units waiting for the next batch."""
-        with self._lock:
-            return len(self._queue)
 
     def run(self, work: Callable[[Connection], Any]) -> Any:
         """Run ``work(conn)`` inside a transaction that is committed before this returns.
@@ -68,25 +53,7 @@ class GroupCommit:
         the commit.
         """
         item = _Item(work)
-        with self._lock:
-            self._queue.append(item)
-            writer = not self._writing
-            self._writing = True
-        if not writer:
-            item.wake.wait()
-        if not item.done:  # this thread writes the next batch, its own unit included
-            with self._lock:
-                batch, self._queue = self._queue, []
-            try:
-                self._write(batch)
-            finally:
-                with self._lock:
-                    if self._queue:
-                        self._queue[0].wake.set()
-                    else:
-                        self._writing = False
-        if item.error is not None:
-            raise item.error
+        self._submit(item)
         return item.result
 
     def _write(self, batch: list[_Item]) -> None:
@@ -103,20 +70,11 @@ class GroupCommit:
         except BaseException as err:
             for item in batch:
                 item.result, item.error = None, err
-        finally:
-            for item in batch:
-                item.done = True
-                item.wake.set()
 
 
-_committers: weakref.WeakKeyDictionary[Engine, GroupCommit] = weakref.WeakKeyDictionary()
-_committers_lock = threading.Lock()
+_committers: PerEngine[GroupCommit] = PerEngine()
 
 
 def group_commit(engine: Engine, fatal: tuple[type[BaseException], ...] = ()) -> GroupCommit:
     """The GroupCommit of ``engine`` in this process (created with ``fatal`` the first time)."""
-    with _committers_lock:
-        found = _committers.get(engine)
-        if found is None:
-            found = _committers[engine] = GroupCommit(engine, fatal)
-        return found
+    return _committers.get(engine, lambda: GroupCommit(engine, fatal))
