@@ -141,7 +141,7 @@ def app(settings: Settings, engine: Engine) -> Iterator[Flask]:
     application = create_app(settings)
     application.config["TESTING"] = True
     yield application
-    application.extensions["webhook"].engine.dispose()
+    dispose(application)
 
 
 @pytest.fixture
@@ -158,7 +158,15 @@ def make_app(engine: Engine) -> Iterator[Callable[..., Flask]]:
 
     yield make
     for application in apps:
-        application.extensions["webhook"].engine.dispose()
+        dispose(application)
+
+
+def dispose(application: Flask) -> None:
+    """Stop the app's projector thread (if it runs) and close its connections."""
+    found = application.extensions["webhook"]
+    if found.projector is not None:
+        found.projector.stop()
+    found.engine.dispose()
 
 
 @pytest.fixture
@@ -183,4 +191,4 @@ def runner_on_empty(backend: str, new_database_url: Callable[[str], str]) -> Ite
 
     yield make
     for application in apps:
-        application.extensions["webhook"].engine.dispose()
+        dispose(application)

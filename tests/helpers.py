@@ -30,6 +30,22 @@ def post_callback(client: FlaskClient, body: bytes, secret: str = SECRET) -> Any
     return client.post("/sinch/callbacks", data=body, headers=headers)
 
 
+def project(target: Any) -> None:
+    """Project every pending event now (an app or an engine): what a test that needs
+    the typed rows waits for, with no sleep. Safe beside the app's projector thread."""
+    from webhook.projector import drain
+
+    engine = target.extensions["webhook"].engine if hasattr(target, "extensions") else target
+    drain(engine)
+
+
+def post_projected(client: FlaskClient, body: bytes, secret: str = SECRET) -> Any:
+    """post_callback, then project what it stored (for tests that read typed rows)."""
+    response = post_callback(client, body, secret)
+    project(client.application)
+    return response
+
+
 def fixture_bytes(name: str) -> bytes:
     """The exact bytes of tests/fixtures/<name>.json."""
     return (FIXTURES / f"{name}.json").read_bytes()

@@ -10,7 +10,7 @@ from sqlalchemy import JSON, Engine, Text, cast, event, select, text
 
 from tests.helpers import FIXTURES
 from webhook.models import Base
-from webhook.replay_rows import PROJECTION_TABLES
+from webhook.projection import PROJECTION_TABLES
 from webhook.simulate import SimulationConfig, simulate
 
 SNAPSHOT_TABLES = ("callback_events", *PROJECTION_TABLES)

@@ -36,8 +36,8 @@ from webhook import create_app, migrate
 from webhook.callbacks import load_body
 from webhook.config import Settings
 from webhook.db import make_engine
-from webhook.ingest import ingest
 from webhook.models import FlowSend
+from webhook.projector import ingest
 
 FLOW_A = "1000000000000001"
 FLOW_B = "2000000000000002"

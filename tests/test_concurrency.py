@@ -23,8 +23,9 @@ from tests.service import Sender, Service
 from webhook import migrate
 from webhook.callbacks import load_body
 from webhook.db import make_engine
-from webhook.ingest import DUPLICATE, STORED, IngestResult, ingest
+from webhook.ingest import DUPLICATE, STORED
 from webhook.models import Base
+from webhook.projector import IngestResult, ingest
 from webhook.simulate import SimulationConfig, simulate
 
 # Differ between two ingests of the same events by design (ids, wall-clock receive times).

@@ -223,8 +223,9 @@ def test_deadline_bounds_a_database_that_never_answers(
 ) -> None:
     """In-process: a black-holed server costs the deadline plus connect_timeout, then 503."""
     from webhook.callbacks import load_body
-    from webhook.db import CONNECT_TIMEOUT_SECONDS, clear_deadline, set_deadline
-    from webhook.ingest import StorageUnavailable, ingest
+    from webhook.db import CONNECT_TIMEOUT_SECONDS, StorageUnavailable
+    from webhook.deadline import clear_deadline, set_deadline
+    from webhook.projector import ingest
 
     url = new_database_url("postgresql")
     direct = make_engine(url)

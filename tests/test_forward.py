@@ -17,7 +17,7 @@ from tests.helpers import SECRET, count, rows
 from tests.receiver import Answer, Receiver, running_receiver
 from tests.replay_helpers import relax_durability
 from webhook.callbacks import load_body
-from webhook.ingest import ingest
+from webhook.projector import ingest
 from webhook.signing import NONCE, verify
 from webhook.simulate import SimulationConfig, simulate
 from webhook.state import state

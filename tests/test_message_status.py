@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from tests.helpers import count, rows
 from webhook.callbacks import load_body
-from webhook.ingest import ingest
+from webhook.projector import ingest
 
 MID = "01KKBFJYQPYQWF3VT0NDA4XKVD"
 TIMES = {

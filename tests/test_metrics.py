@@ -25,8 +25,8 @@ from tests.helpers import ROOT, SECRET, fixture_bytes, post_callback, sign
 from webhook import migrate
 from webhook.callbacks import load_body
 from webhook.db import make_engine
-from webhook.ingest import ingest
 from webhook.metrics import observe_flow_exchange
+from webhook.projector import ingest
 from webhook.simulate import SimulationConfig, simulate
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

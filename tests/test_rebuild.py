@@ -15,10 +15,10 @@ from tests.replay_helpers import relax_durability, snapshot, varied_config, vari
 from webhook.callbacks import load_body
 from webhook.flows.message import SendRequest
 from webhook.flows.sending import record_send
-from webhook.ingest import ingest
 from webhook.models import MessageStatus
-from webhook.rebuild import rebuild
-from webhook.replay_rows import PROJECTION_TABLES
+from webhook.projection import PROJECTION_TABLES
+from webhook.projector import ingest
+from webhook.replay import rebuild
 from webhook.simulate import SimulatedMessage, SimulationConfig, simulate
 from webhook.state import state
 

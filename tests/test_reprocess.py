@@ -17,11 +17,10 @@ from tests.replay_helpers import awkward_bodies, relax_durability, snapshot
 from webhook import callbacks
 from webhook.callbacks import Envelope, ParseError, Record, load_body
 from webhook.events_query import EventFilter
-from webhook.ingest import ingest
 from webhook.models import CallbackEvent
-from webhook.rebuild import rebuild
-from webhook.replay import reprocess
-from webhook.replay_rows import PROJECTION_TABLES
+from webhook.projection import PROJECTION_TABLES
+from webhook.projector import ingest
+from webhook.replay import rebuild, reprocess
 from webhook.simulate import SimulationConfig, simulate
 
 Parser = Callable[[Mapping[str, Any], Envelope], tuple[Record, ...]]

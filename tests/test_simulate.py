@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 
 from tests.helpers import count, rows
 from webhook.callbacks import load_body, parse_callback
-from webhook.ingest import ingest
+from webhook.projector import ingest
 from webhook.simulate import SimulationConfig, simulate
 
 

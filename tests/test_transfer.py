@@ -19,8 +19,8 @@ from tests.replay_helpers import awkward_bodies, relax_durability, snapshot
 from webhook import migrate
 from webhook.callbacks import load_body
 from webhook.db import make_engine
-from webhook.ingest import ingest
 from webhook.models import CallbackEvent
+from webhook.projector import ingest
 from webhook.simulate import SimulationConfig, simulate
 from webhook.state import state
 from webhook.transfer import export_item

@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, config: Mapping[str, Any] | Non
         sqlite_synchronous=settings.sqlite_synchronous,
         pool_size=settings.database_pool_size,
     )
-    app.extensions[EXTENSION_KEY] = AppState(settings, engine, head_revision())
+    app_state = app.extensions[EXTENSION_KEY] = AppState(settings, engine, head_revision())
 
     from webhook import cli, metrics, observe, routes
     from webhook.flows import endpoint as flows_endpoint
@@ -46,12 +46,26 @@ def create_app(settings: Settings | None = None, config: Mapping[str, Any] | Non
     cli.register(app)
     register_error_handlers(app)
 
-    if not settings.webhook_secrets and _serving():
+    serving = _serving()
+    if settings.projector and serving:
+        _start_projector(app_state)
+    if not settings.webhook_secrets and serving:
         log.warning(
             "SINCH_WEBHOOK_SECRETS is not set: callbacks are accepted WITHOUT signature "
             "verification. Set it to the webhook secret configured in Sinch."
         )
     return app
+
+
+def _start_projector(app_state: AppState) -> None:
+    """Project in a thread of this process, woken after each committed append."""
+    from webhook.ingest import on_append
+    from webhook.projector import projector_thread
+
+    thread = projector_thread(app_state.engine)
+    on_append(app_state.engine, thread.notify)
+    thread.start()
+    app_state.projector = thread
 
 
 def _serving() -> bool:

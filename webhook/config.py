@@ -27,7 +27,7 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if value in {"0", "false", "no", "off"}:
         return False
-    raise ConfigError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+    raise ConfigError(f"{name} must be a boolean (1/0, true/false, on/off), got {raw!r}")
 
 
 def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
@@ -91,6 +91,9 @@ class Settings:
     database_pool_size: int = 16
     # SQLite only: FULL fsyncs every commit (survives power loss); NORMAL does not.
     sqlite_synchronous: str = "FULL"
+    # Project stored callbacks in a thread of each serving process (off: run
+    # `flask events project --follow` separately).
+    projector: bool = True
     # Sending (Conversation API).
     sinch_project_id: str = ""
     sinch_app_id: str = ""
@@ -134,6 +137,7 @@ class Settings:
             database_timeout_seconds=_positive_float(e, "DATABASE_TIMEOUT_SECONDS", 10.0),
             database_pool_size=max(1, _int(e, "DATABASE_POOL_SIZE", 16) or 16),
             sqlite_synchronous=_choice(e, "SQLITE_SYNCHRONOUS", ("FULL", "NORMAL"), "FULL"),
+            projector=_bool(e, "PROJECTOR", True),
             sinch_project_id=e.get("SINCH_PROJECT_ID", ""),
             sinch_app_id=e.get("SINCH_APP_ID", ""),
             sinch_key_id=e.get("SINCH_KEY_ID", ""),

@@ -12,17 +12,51 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar, Token
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+
+# Errors that mean "the database is not there right now", as opposed to "this row is bad".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.DisconnectionError,
+    exc.TimeoutError,
+    exc.ResourceClosedError,
+)
+
+
+class StorageUnavailable(Exception):
+    """The database could not be written; nothing was stored. Retry later."""
+
+
+def is_unavailable(err: BaseException) -> bool:
+    """The database is gone (stop, retry later), as opposed to refusing some rows.
+
+    Code that talks to psycopg directly (COPY, binary reads) sees its errors unwrapped.
+    """
+    if isinstance(err, UNAVAILABLE_ERRORS):
+        return True
+    psycopg = sys.modules.get("psycopg")  # never imported on SQLite just to ask
+    return psycopg is not None and isinstance(
+        err, psycopg.OperationalError | psycopg.InterfaceError
+    )
+
+
+def describe_error(err: BaseException) -> str:
+    """One line naming an error, never its SQL parameters (they may hold personal data)."""
+    orig = getattr(err, "orig", None) or err
+    first_line = (str(orig).strip().splitlines() or [""])[0]
+    # PostgreSQL text cannot hold NUL; the error must be storable whatever caused it.
+    return f"{type(orig).__name__}: {first_line}"[:500].replace("\x00", "")
+
 
 CONNECT_TIMEOUT_SECONDS = 3
 # libpq TCP settings: find a dead peer on an idle connection within ~60 s, and give up
@@ -34,30 +68,6 @@ TCP_SETTINGS = {
     "keepalives_count": 3,
     "tcp_user_timeout": 20_000,
 }
-
-_deadline: ContextVar[float | None] = ContextVar("database_deadline", default=None)
-
-
-def set_deadline(seconds: float | None) -> Token[float | None]:
-    """Bound every PostgreSQL wait in this context to ``seconds`` from now (None: no bound)."""
-    return _deadline.set(None if seconds is None else time.monotonic() + seconds)
-
-
-def deadline_passed() -> bool:
-    """True when this context has a database deadline and it is already over."""
-    deadline = _deadline.get()
-    return deadline is not None and time.monotonic() >= deadline
-
-
-def clear_deadline(token: Token[float | None] | None = None) -> None:
-    """End the bound set by ``set_deadline``."""
-    if token is not None:
-        try:
-            _deadline.reset(token)
-            return
-        except ValueError:  # set in another context (a copied one): just lift the bound
-            pass
-    _deadline.set(None)
 
 
 def is_sqlite(url: str) -> bool:
@@ -205,5 +215,13 @@ def write_lock(engine: Engine) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine, expire_on_commit=False)
+def upsert_insert(dialect: str, table: Any) -> Any:
+    """An INSERT that supports ON CONFLICT on ``dialect`` (postgresql, else SQLite)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+    # Imported here: a service on PostgreSQL never loads SQLite's dialect.
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(table)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.abc import PQGen
 
-from webhook.db import _deadline
+from webhook.deadline import current_deadline
 
 RV = TypeVar("RV")
 
@@ -29,7 +29,7 @@ class DeadlineConnection(psycopg.Connection[Any]):
     """
 
     def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
-        deadline = _deadline.get()
+        deadline = current_deadline()
         if deadline is None or timeout is not None:
             return super().wait(gen, interval=interval, timeout=timeout)
         remaining = max(deadline - time.monotonic(), 0.001)

@@ -45,7 +45,7 @@ from sqlalchemy import (
 )
 
 from webhook.cli import contacts
-from webhook.ingest import UNAVAILABLE_ERRORS
+from webhook.db import UNAVAILABLE_ERRORS
 from webhook.models import (
     CallbackEvent,
     DeliveryReport,

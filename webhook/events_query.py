@@ -12,7 +12,7 @@ from typing import TypeVar
 from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, func, select, true
 
 from webhook.models import Base
-from webhook.replay_rows import STORED_EVENT_COLUMNS, StoredEvent
+from webhook.projection import STORED_EVENT_COLUMNS, StoredEvent
 
 EVENTS: Table = Base.metadata.tables["callback_events"]
 
@@ -72,8 +72,14 @@ def read_batch(
     upto_id: int,
     limit: int,
     with_body: bool = True,
+    lock: bool | str = False,
 ) -> list[StoredEvent]:
-    """The next ``limit`` selected events with id in (after_id, upto_id], in id order."""
+    """The next ``limit`` selected events with id in (after_id, upto_id], in id order.
+
+    ``lock`` (PostgreSQL) locks them: True waits for rows another transaction holds,
+    "skip" claims only the others (FOR UPDATE SKIP LOCKED), so concurrent projectors
+    each take their own events. SQLite has no row locks (one writer at a time).
+    """
     c = EVENTS.c
     query = (
         select(*(c[name] for name in STORED_EVENT_COLUMNS))
@@ -83,11 +89,14 @@ def read_batch(
     )
     if with_body:
         query = query.where(c.body.is_not(None))
+    if lock:
+        query = query.with_for_update(skip_locked=lock == "skip")
     if conn.dialect.name != "postgresql":
         return [StoredEvent(*row) for row in conn.execute(query)]
-    # Walk the primary key in order. Without this, statistics that lag behind a bulk
-    # load make PostgreSQL fetch and sort every remaining row for each batch.
-    conn.exec_driver_sql("SET LOCAL enable_sort = off")
+    if lock != "skip":  # a claim of pending events reads their partial index instead
+        # Walk the primary key in order. Without this, statistics that lag behind a bulk
+        # load make PostgreSQL fetch and sort every remaining row for each batch.
+        conn.exec_driver_sql("SET LOCAL enable_sort = off")
     # Binary results: bodies arrive as bytes, not hex text (half the work both sides).
     compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     driver = conn.connection.driver_connection

@@ -1,394 +1,246 @@
-"""Store a callback byte-exact and project it: one transaction, one commit.
+"""The append path: store a verified callback byte-exact as a ``pending`` event.
 
-Shared by the HTTP endpoint, import and replay, so every path dedupes and projects
-the same way. The raw event is written first; a projection that fails (a parser
-bug, a value the schema refuses) rolls the transaction back and the raw event is
-stored again on its own as ``failed``: nothing authentic is lost. If the database
-refuses even the event's envelope fields (say a NUL character in ``app_id`` on
-PostgreSQL), the event is stored bare: body, digest, trigger, status and error.
-A database that cannot be written raises StorageUnavailable, which the endpoint
-answers with 503.
+This is all the request does before answering 200: one row in callback_events with
+the body, its SHA-256 (unique: a duplicate body changes nothing), the signature
+headers, the receive time and the trigger. The projector (webhook.projector) folds
+it into the typed tables afterwards.
 
-How it is written depends on the database, never what is written (tests compare):
-PostgreSQL runs the whole unit as one statement (webhook.fastpath), sent together with
-the statements of the callbacks arriving at the same time (webhook.pgbatch), SQLite runs it in
-a SAVEPOINT of a transaction shared with the callbacks arriving at the same time
-(webhook.groupcommit), and ingest_generic is the plain transaction, on either.
+The threads of a process that append at the same time share one statement and one
+commit (group commit): the first to arrive writes everything queued by then as one
+multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING, the others sleep until that
+commit is back, and nobody answers before the commit that holds its event. On
+PostgreSQL the statement runs in autocommit mode: one round trip per batch. On SQLite
+the batch holds the write lock (db.write_lock) for one short transaction.
+
+A batch the database refuses (not an outage) is written again one event at a time,
+and an event refused alone is stored bare (no headers): nothing authentic is lost.
+A database that cannot be written raises StorageUnavailable, answered 503.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, exc
-from sqlalchemy.sql.dml import ReturningInsert
+from sqlalchemy import Connection, Engine, exc
 
-from webhook.callbacks import (
-    UNKNOWN,
-    Envelope,
-    ParsedCallback,
-    ParseError,
-    detect_trigger,
-    parse_callback,
-    parse_envelope,
+from webhook.callbacks import detect_trigger
+from webhook.db import (
+    UNAVAILABLE_ERRORS,
+    StorageUnavailable,
+    describe_error,
+    upsert_insert,
+    write_lock,
 )
-from webhook.db import deadline_passed, write_lock
-from webhook.groupcommit import group_commit
+from webhook.deadline import deadline_passed
 from webhook.models import CallbackEvent
-from webhook.prepared import Prepared, prepare
-from webhook.projections import (
-    apply_records,
-    dialect_insert,
-    projection_rows,
-    projection_statement,
-)
+from webhook.projection import PENDING
 
-_T = TypeVar("_T")
-PROCESSED, IGNORED, FAILED = "processed", "ignored", "failed"
 STORED, DUPLICATE = "stored", "duplicate"
-
-# Errors that mean "the database is not there right now", as opposed to "this row is bad".
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    exc.OperationalError,
-    exc.InterfaceError,
-    exc.DisconnectionError,
-    exc.TimeoutError,
-    exc.ResourceClosedError,
-)
-
-
-class StorageUnavailable(Exception):
-    """The database could not be written; nothing was stored. Retry later."""
+# Most events one statement carries (a process has one thread per request in flight).
+MAX_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
-class IngestResult:
+class AppendResult:
     outcome: str  # STORED or DUPLICATE
     event_id: int | None
     trigger: str
-    status: str | None  # PROCESSED, IGNORED or FAILED; None for a duplicate
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What parsing decided for one body, before anything is written."""
-
-    trigger: str
-    parsed: ParsedCallback | None
-    status: str
-    error: str | None
+    status: str | None  # PENDING for a new event; None for a duplicate
 
 
 def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def classify(payload: Mapping[str, Any]) -> Outcome:
-    """Parse a callback payload into records, or say why it cannot be."""
-    try:
-        parsed = parse_callback(payload)
-    except ParseError as err:
-        return Outcome(detect_trigger(payload), None, FAILED, str(err))
-    except Exception as err:  # a parser bug must not lose the event
-        return Outcome(detect_trigger(payload), None, FAILED, f"parser error: {_describe(err)}")
-    status = IGNORED if parsed.trigger == UNKNOWN else PROCESSED
-    return Outcome(parsed.trigger, parsed, status, None)
-
-
-def _describe(err: BaseException) -> str:
-    """A one-line description of an error that never includes SQL parameters."""
-    orig = getattr(err, "orig", None) or err
-    first_line = (str(orig).strip().splitlines() or [""])[0]
-    # PostgreSQL text cannot hold NUL; the error must be storable whatever caused it.
-    return f"{type(orig).__name__}: {first_line}"[:500].replace("\x00", "")
-
-
-_BARE = Envelope(None, None, None, None, None)
-
-
-def event_values(
-    *,
-    body: bytes,
-    digest: str,
-    headers: Mapping[str, str],
-    received_at: datetime,
-    payload: Mapping[str, Any],
-    outcome: Outcome,
-) -> dict[str, Any]:
-    """The callback_events row for one body."""
-    envelope = outcome.parsed.envelope if outcome.parsed else parse_envelope(payload)
-    return {
-        "body": body,
-        "body_sha256": digest,
-        "headers": dict(headers) or None,
-        "received_at": received_at,
-        "trigger": outcome.trigger,
-        "app_id": envelope.app_id,
-        "project_id": envelope.project_id,
-        "event_time": envelope.event_time,
-        "correlation_id": envelope.correlation_id,
-        "status": outcome.status,
-        "error": outcome.error,
-        "processed_at": received_at,
-    }
-
-
-EVENT_COLUMNS = ("body", "body_sha256", "headers", "received_at", "trigger", "app_id",
-                 "project_id", "event_time", "correlation_id", "status", "error",
-                 "processed_at")  # fmt: skip
-
-
-def event_statement(dialect: str, prefix: str = "") -> ReturningInsert[int]:
-    """INSERT the raw event unless its digest is stored; RETURNING its id (binds: prefix+col)."""
-    table = CallbackEvent.__table__
-    binds = {c: bindparam(prefix + c, type_=table.c[c].type) for c in EVENT_COLUMNS}
-    return (
-        dialect_insert(dialect, CallbackEvent)
-        .values(binds)
-        .on_conflict_do_nothing(index_elements=["body_sha256"])
-        .returning(CallbackEvent.id)
-    )
-
-
-@functools.cache
-def _event_statement(dialect: str) -> ReturningInsert[int]:
-    return event_statement(dialect)
-
-
-def insert_event(
-    conn: Connection,
-    *,
-    body: bytes,
-    digest: str,
-    headers: Mapping[str, str],
-    received_at: datetime,
-    payload: Mapping[str, Any],
-    outcome: Outcome,
-    bare: bool = False,
-) -> int | None:
-    """Insert the raw event; return its id, or None if this body is already stored.
-
-    ``bare`` leaves out every field read from the payload or the headers, for an
-    event whose fields the database refused.
-    """
-    values = event_values(body=body, digest=digest, headers=headers, received_at=received_at,
-                          payload=payload, outcome=outcome)  # fmt: skip
-    if bare:
-        values.update(headers=None, app_id=_BARE.app_id, project_id=_BARE.project_id,
-                      event_time=_BARE.event_time, correlation_id=_BARE.correlation_id)  # fmt: skip
-    return conn.execute(_event_statement(conn.dialect.name), values).scalar()
-
-
-class _Refused(Exception):
-    """The database refused a row (not an outage): ``stage`` says which one."""
-
-    def __init__(self, stage: str, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.stage = stage
-        self.cause = cause
-
-
-def ingest(
+def append(
     engine: Engine,
     body: bytes,
     payload: Mapping[str, Any],
     headers: Mapping[str, str] | None = None,
     received_at: datetime | None = None,
-) -> IngestResult:
-    """Store ``body`` (already verified, parsed to ``payload``) and project it; commit once.
+) -> AppendResult:
+    """Store ``body`` (verified, parsed to the JSON object ``payload``) as pending.
 
-    On PostgreSQL the whole callback is one statement (webhook.fastpath); callbacks it
-    cannot take, and any error, go the generic way, with the same rows as the result.
+    Returns once the event is committed (or found already stored).
     """
-    outcome = classify(payload)
-    fields = _fields(body, payload, headers, received_at)
-    if engine.dialect.name == "postgresql":
-        result = _once_more_if_dead(lambda: _ingest_one_statement(engine, outcome, fields))
-        if result is not None:
-            return result
-    elif engine.dialect.name == "sqlite":
-        return _ingest_group_commit(engine, outcome, fields)
-    return _once_more_if_dead(lambda: _ingest_transaction(engine, outcome, fields))
-
-
-def _once_more_if_dead(attempt: Callable[[], _T]) -> _T:
-    """Run ``attempt``; again once if it met a pooled connection the server had closed.
-
-    The pool pings only connections idle for a while (db.make_engine), so after a
-    database restart one in steady use can still be dead; the pool drops it, and as
-    nothing was committed on it, the same work is done again on a fresh connection.
-    """
-    try:
-        return attempt()
-    except StorageUnavailable as err:
-        cause = err.__cause__
-        if not (isinstance(cause, exc.DBAPIError) and cause.connection_invalidated):
-            raise
-        if deadline_passed():  # the request's time is spent: answer 503 now
-            raise
-    return attempt()
-
-
-def ingest_generic(
-    engine: Engine,
-    body: bytes,
-    payload: Mapping[str, Any],
-    headers: Mapping[str, str] | None = None,
-    received_at: datetime | None = None,
-) -> IngestResult:
-    """ingest() on any database: BEGIN, the event, one statement per projection, COMMIT."""
-    outcome = classify(payload)
-    fields = _fields(body, payload, headers, received_at)
-    return _once_more_if_dead(lambda: _ingest_transaction(engine, outcome, fields))
-
-
-def _fields(body: bytes, payload: Mapping[str, Any], headers: Mapping[str, str] | None,
-            received_at: datetime | None) -> dict[str, Any]:  # fmt: skip
-    return {
+    trigger = detect_trigger(payload)
+    row: dict[str, Any] = {
         "body": body,
-        "digest": body_digest(body),
-        "headers": headers or {},
+        "body_sha256": body_digest(body),
+        "headers": dict(headers) if headers else None,
         "received_at": received_at or datetime.now(UTC),
-        "payload": payload,
+        "trigger": trigger,
+        "status": PENDING,
     }
-
-
-def _ingest_transaction(engine: Engine, outcome: Outcome, fields: dict[str, Any]) -> IngestResult:
-    received_at = fields["received_at"]
-    try:
-        with write_lock(engine), engine.begin() as conn:
-            try:
-                event_id = insert_event(conn, outcome=outcome, **fields)
-            except UNAVAILABLE_ERRORS:
-                raise
-            except Exception as err:
-                raise _Refused("event", err) from err
-            if event_id is None:
-                return IngestResult(DUPLICATE, None, outcome.trigger, None)
-            if outcome.parsed is not None and outcome.parsed.records:
-                try:
-                    apply_records(conn, outcome.parsed.records, event_id, received_at)
-                except Exception as err:
-                    raise _Refused("projection", err) from err
-        return IngestResult(STORED, event_id, outcome.trigger, outcome.status, outcome.error)
-    except _Refused as failure:
-        if isinstance(failure.cause, UNAVAILABLE_ERRORS):
-            raise StorageUnavailable(_describe(failure.cause)) from failure.cause
-        stage, error = failure.stage, f"{failure.stage} failed: {_describe(failure.cause)}"
-    except UNAVAILABLE_ERRORS as err:
-        raise StorageUnavailable(_describe(err)) from err
-
-    # The transaction was rolled back: keep the raw event alone, marked failed.
-    failed = Outcome(outcome.trigger, outcome.parsed, FAILED, error)
-    try:
-        with write_lock(engine), engine.begin() as conn:
-            event_id = insert_event(conn, outcome=failed, bare=stage == "event", **fields)
-    except UNAVAILABLE_ERRORS as err:
-        raise StorageUnavailable(_describe(err)) from err
-    if event_id is None:  # a concurrent copy committed in between
-        return IngestResult(DUPLICATE, None, outcome.trigger, None)
-    return IngestResult(STORED, event_id, outcome.trigger, FAILED, error)
-
-
-def _ingest_group_commit(engine: Engine, outcome: Outcome, fields: dict[str, Any]) -> IngestResult:
-    """SQLite: the generic unit of work in a SAVEPOINT of a shared transaction (groupcommit)."""
-    try:
-        result: IngestResult = group_commit(engine, UNAVAILABLE_ERRORS).run(
-            lambda conn: _ingest_savepoint(conn, outcome, fields)
-        )
-    except UNAVAILABLE_ERRORS as err:
-        raise StorageUnavailable(_describe(err)) from err
-    return result
-
-
-def _ingest_savepoint(conn: Connection, outcome: Outcome, fields: dict[str, Any]) -> IngestResult:
-    """_ingest_transaction inside a SAVEPOINT: what fails is rolled back to it, alone.
-
-    The statements are the generic path's, run through prepared.Prepared.
-    """
-    received_at = fields["received_at"]
-    try:
-        with _savepoint(conn):
-            event = event_values(outcome=outcome, **fields)
-            event_id = _prepared(conn, "event").execute(conn, event).scalar()
-            if event_id is None:
-                return IngestResult(DUPLICATE, None, outcome.trigger, None)
-            records = outcome.parsed.records if outcome.parsed is not None else ()
-            try:
-                for kind, values in projection_rows(records, event_id, received_at):
-                    _prepared(conn, kind).execute(conn, values)
-            except Exception as err:
-                raise _Refused("projection", err) from err
-        return IngestResult(STORED, event_id, outcome.trigger, outcome.status, outcome.error)
-    except _Refused as failure:
-        if isinstance(failure.cause, UNAVAILABLE_ERRORS):
-            raise failure.cause from None
-        error = f"projection failed: {_describe(failure.cause)}"
-    failed = Outcome(outcome.trigger, outcome.parsed, FAILED, error)
-    with _savepoint(conn):
-        event = event_values(outcome=failed, **fields)
-        event_id = _prepared(conn, "event").execute(conn, event).scalar()
+    event_id = _appender(engine).append(row)
     if event_id is None:
-        return IngestResult(DUPLICATE, None, outcome.trigger, None)
-    return IngestResult(STORED, event_id, outcome.trigger, FAILED, error)
+        return AppendResult(DUPLICATE, None, trigger, None)
+    return AppendResult(STORED, event_id, trigger, PENDING)
 
 
-@contextmanager
-def _savepoint(conn: Connection) -> Iterator[None]:
-    conn.exec_driver_sql("SAVEPOINT ingest")
-    try:
-        yield
-    except BaseException:
-        conn.exec_driver_sql("ROLLBACK TO ingest")
-        conn.exec_driver_sql("RELEASE ingest")
-        raise
-    conn.exec_driver_sql("RELEASE ingest")
+# ---------------------------------------------------------------- group commit
 
 
-_PREPARED: dict[tuple[str, str], Prepared] = {}
+@dataclass(eq=False)
+class _Item:
+    row: dict[str, Any]
+    event_id: int | None = None
+    error: BaseException | None = None
+    done: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
-def _prepared(conn: Connection, kind: str) -> Prepared:
-    key = (conn.dialect.name, kind)
-    found = _PREPARED.get(key)
+class Appender:
+    """One writer at a time among a process's threads; the others queue for its next batch.
+
+    A thread that arrives while another writes queues its row and sleeps on its own
+    event. The writer wakes each item of its batch once the batch is committed, then
+    hands the writing to the first item queued meanwhile, whose thread takes
+    everything queued by then (up to MAX_BATCH). Nobody polls, nobody is woken for
+    nothing. Listeners run after every commit (the projector is woken there).
+    """
+
+    def __init__(self, engine: Engine, max_batch: int = MAX_BATCH) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.listeners: list[Callable[[], None]] = []
+        self.commits = 0  # batches committed, for tests and curiosity
+        self._lock = threading.Lock()
+        self._queue: list[_Item] = []
+        self._writing = False
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def append(self, row: dict[str, Any]) -> int | None:
+        """Store one row; its event id, or None if the digest was already stored."""
+        item = _Item(row)
+        with self._lock:
+            self._queue.append(item)
+            writer = not self._writing
+            self._writing = True
+        if not writer:
+            item.wake.wait()
+        if not item.done:  # this thread writes the next batch, its own item first
+            with self._lock:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+            try:
+                self._write_all(batch)
+            finally:
+                with self._lock:
+                    if self._queue:
+                        self._queue[0].wake.set()
+                    else:
+                        self._writing = False
+        if item.error is not None:
+            raise item.error
+        return item.event_id
+
+    def _write_all(self, batch: list[_Item]) -> None:
+        try:
+            self._write(batch)
+            self.commits += 1
+        except BaseException as err:  # never leave a thread waiting, nor without an answer
+            for item in batch:
+                item.error = err
+        finally:
+            for item in batch:
+                item.done = True
+                item.wake.set()
+        for listener in self.listeners:
+            listener()
+
+    def _write(self, batch: list[_Item]) -> None:
+        try:
+            self._once_more_if_dead(lambda: self._insert([item.row for item in batch], batch))
+            return
+        except UNAVAILABLE_ERRORS as err:
+            raise StorageUnavailable(describe_error(err)) from err
+        except Exception:  # a row the database refuses: each alone, refused ones bare
+            pass
+        for item in batch:
+            try:
+                try:
+                    self._insert([item.row], [item])
+                except UNAVAILABLE_ERRORS:
+                    raise
+                except Exception:
+                    self._insert([{**item.row, "headers": None}], [item])
+            except UNAVAILABLE_ERRORS as err:
+                raise StorageUnavailable(describe_error(err)) from err
+
+    def _insert(self, rows: list[dict[str, Any]], items: list[_Item]) -> None:
+        """One INSERT of every new digest among ``rows``, committed; ids onto ``items``."""
+        unique: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            unique.setdefault(row["body_sha256"], row)
+        if self.engine.dialect.name == "sqlite":
+            with write_lock(self.engine), self.engine.begin() as conn:
+                ids = self._run(conn, list(unique.values()))
+        else:
+            with self._autocommit.connect() as conn:
+                ids = self._run(conn, list(unique.values()))
+        claimed: set[str] = set()
+        for item in items:
+            digest = item.row["body_sha256"]
+            # The first item with a new digest stored it; any other copy is a duplicate.
+            item.event_id = ids.get(digest) if digest not in claimed else None
+            claimed.add(digest)
+
+    @staticmethod
+    def _run(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:
+        result = conn.execute(_statement(conn.dialect.name), rows)
+        return {digest: event_id for event_id, digest in result}
+
+    @staticmethod
+    def _once_more_if_dead(attempt: Callable[[], None]) -> None:
+        """Run ``attempt``; again once if it met a pooled connection the server had closed.
+
+        The pool pings only connections idle for a while (db.make_engine), so after a
+        database restart one in steady use can still be dead; the pool drops it, and as
+        nothing was committed on it, the same work is done again on a fresh connection.
+        """
+        try:
+            attempt()
+            return
+        except exc.DBAPIError as err:
+            if not err.connection_invalidated or deadline_passed():
+                raise
+        attempt()
+
+
+_STATEMENTS: dict[str, Any] = {}
+
+
+def _statement(dialect: str) -> Any:
+    found = _STATEMENTS.get(dialect)
     if found is None:
-        stmt = (event_statement(key[0]) if kind == "event"
-                else projection_statement(key[0], kind))  # fmt: skip
-        found = _PREPARED[key] = prepare(stmt, conn.dialect)
+        t = CallbackEvent.__table__
+        found = _STATEMENTS[dialect] = (
+            upsert_insert(dialect, t)
+            .on_conflict_do_nothing(index_elements=["body_sha256"])
+            .returning(t.c.id, t.c.body_sha256)
+        )
     return found
 
 
-def _ingest_one_statement(
-    engine: Engine, outcome: Outcome, fields: dict[str, Any]
-) -> IngestResult | None:
-    """PostgreSQL: the whole ingest as one statement, committed alone or in a batch
-    (webhook.pgbatch); None to use the generic path."""
-    from webhook import fastpath  # psycopg: imported on PostgreSQL only
-    from webhook.pgbatch import batch_writer
+_appenders: weakref.WeakKeyDictionary[Engine, Appender] = weakref.WeakKeyDictionary()
+_appenders_lock = threading.Lock()
 
-    records = outcome.parsed.records if outcome.parsed is not None else ()
-    projections = fastpath.projection_values(records, fields["received_at"])
-    if projections is None:
-        return None
-    event = event_values(outcome=outcome, **fields)
-    try:
-        sql, params = fastpath.bind(event, projections)
-        message_id = next((row["message_id"] for _, row in projections if "message_id" in row), "")
-        key = (message_id or "", fields["digest"])
-        event_id = batch_writer(engine).run(sql, params, key)
-    except UNAVAILABLE_ERRORS as err:
-        raise StorageUnavailable(_describe(err)) from err
-    except Exception:
-        # Nothing was written (one statement); the generic path stores the event as
-        # failed if a projection is at fault, with the error that says why.
-        return None
-    if event_id is None:
-        return IngestResult(DUPLICATE, None, outcome.trigger, None)
-    return IngestResult(STORED, event_id, outcome.trigger, outcome.status, outcome.error)
+
+def _appender(engine: Engine) -> Appender:
+    with _appenders_lock:
+        found = _appenders.get(engine)
+        if found is None:
+            found = _appenders[engine] = Appender(engine)
+        return found
+
+
+def on_append(engine: Engine, listener: Callable[[], None]) -> None:
+    """Call ``listener`` after every committed append batch on ``engine`` in this process."""
+    _appender(engine).listeners.append(listener)

@@ -31,17 +31,19 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
+from webhook.db import UNAVAILABLE_ERRORS
 from webhook.errors import error_response
-from webhook.ingest import UNAVAILABLE_ERRORS
 from webhook.models import CallbackEvent
+from webhook.projection import FAILED, PENDING, Parsed
+from webhook.projector import on_projected
 from webhook.state import state
 
 PREFIX = "flowhooks"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# Outcomes of one callback request: stored (and projected), duplicate, stored but
-# ignored (unknown trigger), stored as failed, rejected (nothing stored), error (500).
-OUTCOMES = ("stored", "duplicate", "ignored", "failed", "rejected", "error")
+# Outcomes of one callback request: stored (pending projection), duplicate, rejected
+# (nothing stored), error (500). What projection made of it: flowhooks_events_projected.
+OUTCOMES = ("stored", "duplicate", "rejected", "error")
 # Why a callback was rejected (nothing stored), by HTTP status.
 REJECT_REASONS: dict[int, str] = {
     400: "invalid_body",
@@ -60,7 +62,7 @@ CALLBACKS = Counter(
 )
 CALLBACK_SECONDS = Histogram(
     f"{PREFIX}_callback_duration_seconds",
-    "Time to answer one callback (verify, store, project, commit), by outcome.",
+    "Time to answer one callback (verify, store, commit), by outcome.",
     ["outcome"],
     buckets=LATENCY_BUCKETS,
 )
@@ -76,7 +78,27 @@ FLOW_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+PROJECTED = Counter(
+    f"{PREFIX}_events_projected",
+    "Stored callbacks projected, by the status they ended in (processed, ignored, failed).",
+    ["status"],
+)
+PROJECTION_FAILED = Counter(
+    f"{PREFIX}_events_projection_failed",
+    "Stored callbacks the projector marked failed (also counted in events_projected).",
+)
+
 bp = Blueprint("metrics", __name__)
+
+
+def _count_projected(events: list[Parsed]) -> None:
+    for event in events:
+        PROJECTED.labels(event.fields.status).inc()
+        if event.fields.status == FAILED:
+            PROJECTION_FAILED.inc()
+
+
+on_projected(_count_projected)
 
 
 def observe_callback(trigger: str, outcome: str, reason: str, seconds: float) -> None:
@@ -97,8 +119,9 @@ def observe_flow_exchange(action: object, status: int, seconds: float) -> None:
     FLOW_SECONDS.labels(label).observe(seconds)
 
 
-class FailedEventsCollector(Collector):
-    """Events waiting in `failed` and the age of the oldest, read at scrape time."""
+class EventBacklogCollector(Collector):
+    """Events pending projection and events failed, with the age of the oldest of each,
+    read from the database at scrape time (so any worker, or none, may answer)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -109,27 +132,39 @@ class FailedEventsCollector(Collector):
         )
         try:
             with self.engine.connect() as conn:
-                query = select(func.count(), func.min(CallbackEvent.received_at)).where(
-                    CallbackEvent.status == "failed"
-                )
-                failed, oldest = conn.execute(query).one()
+                counts = {
+                    status: conn.execute(
+                        select(func.count(), func.min(CallbackEvent.received_at)).where(
+                            CallbackEvent.status == status
+                        )
+                    ).one()
+                    for status in (PENDING, FAILED)
+                }
         except UNAVAILABLE_ERRORS:
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
         yield up
-        age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
-        yield GaugeMetricFamily(
-            f"{PREFIX}_events_failed",
-            "Stored callbacks in status 'failed' (waiting for a fix and a replay).",
-            value=failed,
-        )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_events_failed_oldest_age_seconds",
-            "Age of the oldest callback in status 'failed'; 0 when there is none.",
-            value=max(age, 0.0),
-        )
+        now = datetime.now(UTC)
+        help_texts = {
+            PENDING: "waiting for the projector (its lag)",
+            FAILED: "waiting for a fix and a replay",
+        }
+        for status, (count, oldest) in counts.items():
+            if oldest is not None and oldest.tzinfo is None:
+                oldest = oldest.replace(tzinfo=UTC)
+            age = (now - oldest).total_seconds() if oldest is not None else 0.0
+            yield GaugeMetricFamily(
+                f"{PREFIX}_events_{status}",
+                f"Stored callbacks in status '{status}' ({help_texts[status]}).",
+                value=count,
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_events_{status}_oldest_age_seconds",
+                f"Age of the oldest callback in status '{status}'; 0 when there is none.",
+                value=max(age, 0.0),
+            )
 
 
 class _Forward(Collector):
@@ -151,7 +186,7 @@ def render(engine: Engine) -> bytes:
         MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     else:
         registry.register(_Forward(REGISTRY))
-    registry.register(FailedEventsCollector(engine))
+    registry.register(EventBacklogCollector(engine))
     return bytes(generate_latest(registry))
 
 

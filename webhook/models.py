@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Dialect,
     ForeignKey,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -94,6 +96,7 @@ class CallbackEvent(Base):
     project_id: Mapped[str64_opt]
     event_time: Mapped[ts_opt]
     correlation_id: Mapped[str128_opt]
+    # pending (stored, not yet projected), processed, ignored (unknown trigger), failed.
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[text_opt]
     processed_at: Mapped[ts_opt]
@@ -104,6 +107,14 @@ class CallbackEvent(Base):
         Index("ix_callback_events_received_at", "received_at"),
         Index("ix_callback_events_trigger_received_at", "trigger", "received_at"),
         Index("ix_callback_events_status", "status"),
+        # Just the pending events: the projector's claim and the lag metrics read it.
+        Index(
+            "ix_callback_events_pending",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        CheckConstraint("status IN ('pending', 'processed', 'ignored', 'failed')", name="status"),
     )
 
 

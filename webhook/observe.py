@@ -1,7 +1,7 @@
 """Per-request bookkeeping: a request id on every response, and for each callback
 one log line and two metric updates.
 
-The callback route only leaves its ingest result in ``g.ingest_result``; everything
+The callback route only leaves its append result in ``g.append_result``; everything
 else is derived here from the response status, so the route stays small.
 """
 
@@ -11,7 +11,7 @@ import time
 
 from flask import Flask, Response, g, has_request_context, request
 
-from webhook.ingest import DUPLICATE, FAILED, IGNORED, IngestResult
+from webhook.ingest import AppendResult
 from webhook.logs import log_callback, log_flow_exchange, request_id_from
 from webhook.metrics import (
     REJECT_REASONS,
@@ -40,13 +40,6 @@ def current_request_id() -> str | None:
     return g.get("request_id") if has_request_context() else None
 
 
-def _outcome(result: IngestResult) -> str:
-    """stored, duplicate, ignored or failed (see metrics.OUTCOMES)."""
-    if result.outcome == DUPLICATE:
-        return "duplicate"
-    return {IGNORED: "ignored", FAILED: "failed"}.get(result.status or "", "stored")
-
-
 def _finish(response: Response) -> Response:
     request_id = g.get("request_id")
     if request_id:
@@ -55,10 +48,10 @@ def _finish(response: Response) -> Response:
         return response
     seconds = time.perf_counter() - g.get("request_started", time.perf_counter())
     status = response.status_code
-    result: IngestResult | None = g.pop("ingest_result", None)
+    result: AppendResult | None = g.pop("append_result", None)
     error: str | None = None
     if status == 200 and result is not None:
-        trigger, outcome, reason = result.trigger, _outcome(result), ""
+        trigger, outcome, reason = result.trigger, result.outcome, ""
     else:
         trigger = NO_TRIGGER
         reason = REJECT_REASONS.get(status, f"http_{status}")

@@ -1,62 +1,84 @@
-"""Reprocess chosen stored events: bring their projection rows in line with today's parser.
+"""Reprocess and rebuild: the projector run again over stored events.
 
-For each event, in id order and in its own savepoint, the rows it is the source of are
-compared with what its body projects to now: changed rows are updated in place, rows it
-no longer produces are deleted, new ones inserted (unless another event already holds
-that natural key: the first event keeps it, as in live ingestion). message_status of
-every message touched is then recomputed from its delivery history with the lattice of
-projections.py. Nothing is written when nothing changed, so a second run changes
-nothing. flow_sends rows our own sender recorded are never deleted: a MESSAGE_SUBMIT
-only fills in what they lack.
+Both parse stored bodies with today's parser and write through webhook.projector, the
+code that projects live callbacks, so they give exactly the rows live projection gives.
 
-Known limit, kept on purpose: a delivery report that repeated an existing history row
-(same message, status and channel, different bytes) and is not among the chosen events
-reaches message_status only through the row it repeated. `rebuild` replays them all.
+- ``reprocess`` takes chosen events, batch by batch in id order. Rows an event holds
+  that its body no longer projects to are removed first (a flow_sends row our own
+  sender recorded is cleared, never deleted), the message_status of every message it
+  touches is folded again from the delivery history, then the batch is projected:
+  a row an event holds is updated in place. Running it twice changes nothing.
+- ``rebuild`` empties what the stored events will write again and projects every
+  event with a body, batch by batch in id order. Rows whose source event was pruned
+  or deleted, and rows our own sender recorded, are kept.
+
+With ``dry_run`` everything happens in one transaction that is rolled back, and the
+report counts per table the rows that would be inserted, updated and deleted.
+Known limit: a first-wins key that a reprocessed event stops producing goes away,
+even if a later event that was not chosen also has it; `rebuild` restores it.
 """
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
+import os
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing, contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, not_, or_, select, text, true, update
 
-from webhook.events_query import EventFilter, count_selection, read_batch
-from webhook.ingest import _describe
-from webhook.projections import upsert_insert
-from webhook.replay_report import (
-    TABLES,
-    Progress,
-    ReplayReport,
-    TableChanges,
-    is_unavailable,
-    update_events,
+from webhook.callbacks import DeliveryReportRecord
+from webhook.db import make_engine, write_lock
+from webhook.events_query import (
+    EVENTS,
+    EventFilter,
+    Selection,
+    count_selection,
+    iter_batches,
+    prefetch,
+    read_batch,
 )
-from webhook.replay_rows import (
+from webhook.projection import (
     DELIVERY,
-    FIRST_WINS_KEYS,
+    FIRST_WINS,
     FLOW_SENDS,
+    PROJECTIONS,
     STATUS,
     SUBMIT_FILL,
     SUBMITTED,
-    EventFields,
-    Reclassified,
-    StatusReport,
+    Parsed,
     StatusRow,
-    failed_fields,
-    fold_status,
-    key_of,
-    merge_flow_send,
-    reclassify,
-    report_from_history,
-    status_row_from_db,
+    merge_status,
+    parse_event,
+    status_of_report,
+)
+from webhook.projector import TABLES, project, upsert_rows
+from webhook.replay_report import (
+    Progress,
+    ReplayReport,
+    diff_tables,
+    drop_snapshot,
+    row_counts,
+    snapshot_tables,
 )
 
-BATCH_SIZE = 500
+REPROCESS_BATCH = 500
+REBUILD_BATCH = 5000
 
-Changes = dict[str, TableChanges]
+
+@contextmanager
+def _transaction(engine: Engine, conn: Connection) -> Iterator[None]:
+    """One write transaction on ``conn`` (SQLite: under the process-wide write lock)."""
+    with write_lock(engine), conn.begin():
+        yield
+
+
+# ---------------------------------------------------------------- reprocess
 
 
 def reprocess(
@@ -64,7 +86,7 @@ def reprocess(
     selected: EventFilter,
     *,
     dry_run: bool = False,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int = REPROCESS_BATCH,
     progress: Progress | None = None,
 ) -> ReplayReport:
     """Re-project the selected events; with ``dry_run``, report and roll everything back."""
@@ -73,239 +95,306 @@ def reprocess(
     where = selected.clause()
     with engine.connect() as conn:
         selection = count_selection(conn, where)
-    report.pruned = selection.pruned
-    report.changes = {name: TableChanges() for name in TABLES}
-    lost: list[tuple[int, StatusReport]] = []
-
-    def one_batch(conn: Connection, after: int) -> int | None:
-        batch = read_batch(conn, where, after, selection.max_id, batch_size)
-        if not batch:
-            return None
-        _reprocess_batch(conn, [reclassify(e) for e in batch], report, lost)
-        if progress:
-            progress(len(batch))
-        return batch[-1].id
-
-    after: int | None = 0
-    if dry_run:
-        with engine.connect() as conn, conn.begin() as tx:
-            while after is not None:
-                after = one_batch(conn, after)
-            tx.rollback()
-    else:
-        while after is not None:
-            with engine.begin() as conn:
-                after = one_batch(conn, after)
+        report.pruned = selection.pruned
+        with _transaction(engine, conn):
+            snapshot_tables(conn)
+        if dry_run:
+            with write_lock(engine):
+                tx = conn.begin()
+                _reprocess_all(conn, where, selection, batch_size, report, progress)
+                report.changes = diff_tables(conn)
+                tx.rollback()
+        else:
+            _reprocess_all(conn, where, selection, batch_size, report, progress, engine)
+            with _transaction(engine, conn):
+                report.changes = diff_tables(conn)
+        with _transaction(engine, conn):
+            drop_snapshot(conn)
     report.seconds = time.perf_counter() - started
     return report
 
 
-@dataclass
-class _Plan:
-    """The writes that bring one event's rows in line, decided before any is made."""
-
-    ops: list[tuple[str, str, Any, dict[str, Any]]] = field(default_factory=list)
-    changes: Changes = field(default_factory=lambda: {name: TableChanges() for name in TABLES})
-    affected: set[str] = field(default_factory=set)  # message ids whose status to recompute
-    lost: list[tuple[int, StatusReport]] = field(default_factory=list)
-
-    def write(self, op: str, table: str, target: Any, values: dict[str, Any]) -> None:
-        self.ops.append((op, table, target, values))
-        change = self.changes[table]
-        if op == "insert":
-            change.inserted += 1
-        elif op == "update":
-            change.updated += 1
+def _reprocess_all(
+    conn: Connection, where: Any, selection: Selection, batch_size: int,
+    report: ReplayReport, progress: Progress | None, engine: Engine | None = None,
+) -> None:  # fmt: skip
+    """Batch after batch; each its own transaction when ``engine`` is given."""
+    after = 0
+    while True:
+        if engine is None:
+            after_batch = _reprocess_batch(conn, where, after, selection.max_id, batch_size, report)
         else:
-            change.deleted += 1
-
-
-Held = dict[str, dict[int, dict[Any, dict[str, Any]]]]  # table -> event id -> key -> row
+            with _transaction(engine, conn):
+                after_batch = _reprocess_batch(
+                    conn, where, after, selection.max_id, batch_size, report
+                )
+        if after_batch is None:
+            return
+        if progress:
+            progress(after_batch[1])
+        after = after_batch[0]
 
 
 def _reprocess_batch(
-    conn: Connection,
-    items: list[Reclassified],
-    report: ReplayReport,
-    lost: list[tuple[int, StatusReport]],
-) -> None:
-    held = _held_rows(conn, [item.event.id for item in items])
-    affected: set[str] = set()
-    changed: list[tuple[int, EventFields]] = []
-    for item in items:
-        fields = item.fields
-        plan = _plan(conn, item, held)
-        if plan.ops:
-            try:
-                with conn.begin_nested():
-                    _apply(conn, plan, held)
-            except Exception as err:
-                if is_unavailable(err):
-                    raise
-                fields = failed_fields(fields, f"projection failed: {_describe(err)}")
-                plan = _plan(conn, item._replace(rows=None), held)  # leave nothing behind
-                with conn.begin_nested():
-                    _apply(conn, plan, held)
-        for name, change in plan.changes.items():
-            report.changes[name].add(change)
-        affected |= plan.affected
-        lost.extend(plan.lost)
-        report.note(item.event.id, item.event.status, fields)
-        if fields != item.event.fields:
-            changed.append((item.event.id, fields))
-    _recompute_statuses(conn, affected, lost, report.changes[STATUS])
-    update_events(conn, changed)
+    conn: Connection, where: Any, after: int, upto: int, limit: int, report: ReplayReport
+) -> tuple[int, int] | None:
+    events = read_batch(conn, where, after, upto, limit, lock=True)
+    if not events:
+        return None
+    parsed = [parse_event(e) for e in events]
+    touched = _forget(conn, parsed)
+    _refold_statuses(conn, touched, exclude=[e.id for e in events])
+    done = project(conn, parsed)
+    for old, new in zip(events, done, strict=True):
+        report.note(new.id, old.status, new.fields)
+    return events[-1].id, len(events)
 
 
-def _held_rows(conn: Connection, event_ids: list[int]) -> Held:
-    """Rows each of these events is the source of, per table, keyed by natural key."""
-    held: Held = {}
-    for name in (*FIRST_WINS_KEYS, FLOW_SENDS):
-        t = TABLES[name]
-        by_event: dict[int, dict[Any, dict[str, Any]]] = held.setdefault(name, {})
-        for row in conn.execute(select(t).where(t.c.source_event_id.in_(event_ids))):
-            r = dict(row._mapping)
-            key = r["message_id"] if name == FLOW_SENDS else key_of(name, r)
-            by_event.setdefault(r["source_event_id"], {})[key] = r
-    return held
-
-
-def _differs(existing: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    return {col: value for col, value in row.items() if existing[col] != value}
-
-
-def _plan(conn: Connection, item: Reclassified, held: Held) -> _Plan:
-    """Compare the rows this event holds with what its body projects to now."""
-    plan = _Plan()
-    event_id = item.event.id
-    new = item.rows.rows if item.rows else {}
-    for name, key_cols in FIRST_WINS_KEYS.items():
-        t = TABLES[name]
-        mine = held[name].get(event_id, {})
-        seen: set[tuple[Any, ...]] = set()
-        for row in new.get(name, ()):
-            key = key_of(name, row)
-            if key in seen:
-                continue  # a second record for the same key: the first one won
-            seen.add(key)
-            if name == DELIVERY and row["kind"] == "message":
-                plan.affected.add(row["message_id"])
-            existing = mine.get(key)
-            if existing is not None:
-                diff = _differs(existing, row)
-                if diff:
-                    plan.write("update", name, existing["id"], diff)
-                else:
-                    plan.changes[name].unchanged += 1
-                continue
-            match = and_(*(t.c[c] == v for c, v in zip(key_cols, key, strict=True)))
-            if conn.execute(select(t.c.id).where(match)).first() is None:
-                plan.write("insert", name, None, row)
-            else:  # another event holds this key
-                plan.changes[name].unchanged += 1
-                report = report_from_history(row) if name == DELIVERY else None
-                if report is not None:
-                    plan.lost.append((event_id, report))
-        for key, existing in mine.items():
-            if key not in seen:
-                plan.write("delete", name, existing["id"], {})
-                if name == DELIVERY and existing["kind"] == "message":
-                    plan.affected.add(existing["message_id"])
-    _plan_flow_sends(conn, plan, event_id, new.get(FLOW_SENDS, []), held)
-    return plan
-
-
-def _plan_flow_sends(
-    conn: Connection, plan: _Plan, event_id: int, rows: list[dict[str, Any]], held: Held
-) -> None:
+def _forget(conn: Connection, parsed: list[Parsed]) -> set[str]:
+    """Remove what these events hold but no longer produce; the message ids touched."""
+    ids = [p.id for p in parsed]
+    produced: dict[str, set[tuple[Any, ...]]] = {p.table: set() for p in PROJECTIONS}
+    touched: set[str] = set()
+    for event in parsed:
+        for r in event.records:
+            for p in PROJECTIONS:
+                if p.record is not None and isinstance(r, p.record):
+                    produced[p.table].add(tuple(getattr(r, c) for c in p.key))
+            if isinstance(r, DeliveryReportRecord) and status_of_report(r, event.received_at):
+                touched.add(r.message_id)
+    for p in PROJECTIONS:
+        if p.rule != FIRST_WINS:
+            continue
+        t = TABLES[p.table]
+        held = conn.execute(
+            select(t.c.id, *(t.c[c] for c in p.key)).where(t.c.source_event_id.in_(ids))
+        ).all()
+        gone = [row[0] for row in held if tuple(row[1:]) not in produced[p.table]]
+        if p.table == DELIVERY:
+            touched |= {row.message_id for row in held if row.kind == "message"}
+        for start in range(0, len(gone), 1000):
+            conn.execute(delete(t).where(t.c.id.in_(gone[start : start + 1000])))
+    # A row these events created takes their values as parsed today (emptied, then
+    # filled again), or goes if they no longer produce it; the sender's row keeps its
+    # own values and loses only what these events filled in.
     fs = TABLES[FLOW_SENDS]
-    mine = held[FLOW_SENDS].get(event_id, {})
-    seen: set[str] = set()
-    for row in rows:
-        mid = row["message_id"]
-        seen.add(mid)
-        existing = mine.get(mid)
-        if existing is None:
-            found = conn.execute(select(fs).where(fs.c.message_id == mid)).first()
-            existing = dict(found._mapping) if found else None
-        if existing is None:
-            plan.write("insert", FLOW_SENDS, None, row)
-            continue
-        if existing["send_status"] == SUBMITTED and existing["source_event_id"] == event_id:
-            # This event created the row: it takes this event's values as parsed today.
-            wanted = {col: row[col] for col in (*SUBMIT_FILL, "submitted_at")}
-        else:  # the sender's row, or another event's: only fill in what it lacks
-            wanted = merge_flow_send(existing, row)
-        diff = _differs(existing, wanted)
-        if diff:
-            plan.write("update", FLOW_SENDS, existing["id"], diff)
-        else:
-            plan.changes[FLOW_SENDS].unchanged += 1
-    for mid, existing in mine.items():
-        if mid in seen:
-            continue
-        if existing["send_status"] == SUBMITTED:
-            plan.write("delete", FLOW_SENDS, existing["id"], {})
-        else:  # the sender's row stays; what this event filled in goes
-            cleared = {"submitted_at": None, "source_event_id": None}
-            plan.write("update", FLOW_SENDS, existing["id"], cleared)
+    mine = fs.c.source_event_id.in_(ids)
+    created = conn.execute(
+        select(fs.c.id, fs.c.message_id).where(mine, fs.c.send_status == SUBMITTED)
+    ).all()
+    gone = [row.id for row in created if (row.message_id,) not in produced[FLOW_SENDS]]
+    if gone:
+        conn.execute(delete(fs).where(fs.c.id.in_(gone)))
+    conn.execute(
+        update(fs)
+        .where(mine, fs.c.send_status == SUBMITTED)
+        .values({c: None for c in (*SUBMIT_FILL, "submitted_at", "source_event_id")})
+    )
+    conn.execute(update(fs).where(mine).values(submitted_at=None, source_event_id=None))
+    return touched
 
 
-def _apply(conn: Connection, plan: _Plan, held: Held) -> None:
-    for op, name, row_id, values in plan.ops:
-        t = TABLES[name]
-        if op == "insert":
-            # Another writer may have taken the key meanwhile: then it keeps it.
-            conn.execute(upsert_insert(conn, t).values(values).on_conflict_do_nothing())
-        elif op == "update":
-            conn.execute(update(t).where(t.c.id == row_id).values(values))
-            if name == FLOW_SENDS:  # a row another event of this batch holds
-                for rows in held[FLOW_SENDS].values():
-                    for row in rows.values():
-                        if row["id"] == row_id:
-                            row.update(values)
-        else:
-            conn.execute(delete(t).where(t.c.id == row_id))
-
-
-def _recompute_statuses(
-    conn: Connection,
-    message_ids: Iterable[str],
-    lost: list[tuple[int, StatusReport]],
-    change: TableChanges,
-) -> None:
-    """message_status of these messages, folded again from their delivery history."""
+def _refold_statuses(conn: Connection, message_ids: Iterable[str], exclude: list[int]) -> None:
+    """message_status of these messages folded again from their delivery history,
+    leaving out the rows of the events in ``exclude`` (about to be projected again)."""
     ids = sorted(message_ids)
     dr, ms = TABLES[DELIVERY], TABLES[STATUS]
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        wanted = set(chunk)
-        history = conn.execute(select(dr).where(dr.c.kind == "message", dr.c.message_id.in_(chunk)))
-        ordered: list[tuple[int, int, int, StatusReport]] = []
-        for row in history:
-            r = report_from_history(dict(row._mapping))
-            if r is not None:
-                ordered.append((row.source_event_id or -1, 0, row.id, r))
-        ordered += [(eid, 1, i, r) for i, (eid, r) in enumerate(lost) if r.message_id in wanted]
-        ordered.sort(key=lambda entry: entry[:3])
-        new: dict[str, StatusRow] = {}
-        fold_status(new, (entry[3] for entry in ordered))
-        old = {
-            row.message_id: status_row_from_db(row)
-            for row in conn.execute(select(ms).where(ms.c.message_id.in_(chunk)))
-        }
-        for mid in chunk:
-            before, after = old.get(mid), new.get(mid)
-            if before == after:
-                change.unchanged += before is not None
-            elif before is None:
-                assert after is not None
-                conn.execute(insert(ms).values(after.as_dict()))
-                change.inserted += 1
-            elif after is None:
-                conn.execute(delete(ms).where(ms.c.message_id == mid))
-                change.deleted += 1
+        conn.execute(delete(ms).where(ms.c.message_id.in_(chunk)))
+        history = conn.execute(
+            select(dr).where(
+                dr.c.kind == "message",
+                dr.c.message_id.in_(chunk),
+                or_(dr.c.source_event_id.is_(None), dr.c.source_event_id.not_in(exclude)),
+            )
+        )
+        upsert_rows(conn, STATUS, [row._asdict() for row in _fold_history(history).values()])
+
+
+def _fold_history(rows: Iterable[Any]) -> dict[str, StatusRow]:
+    folded: dict[str, StatusRow] = {}
+    for row in rows:
+        status = status_of_report(row, row.received_at)
+        if status is not None:
+            folded[status.message_id] = merge_status(folded.get(status.message_id), status)
+    return folded
+
+
+# ---------------------------------------------------------------- rebuild
+
+
+def rebuild(
+    engine: Engine,
+    *,
+    batch_size: int = REBUILD_BATCH,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    workers: int = 0,
+) -> ReplayReport:
+    """Empty the projections and project every stored event again, batch by batch.
+
+    Each batch is its own transaction, so a rebuild that stops half-way leaves the
+    tables partly rebuilt: run it again. With ``workers`` > 0, that many processes read
+    and parse batches ahead (see default_workers; they are spawned, so a calling script
+    needs the usual ``if __name__ == "__main__"`` guard); with 0, a thread of this
+    process does.
+    """
+    started = time.perf_counter()
+    report = ReplayReport()
+    with engine.connect() as conn:
+        selection = count_selection(conn, true())
+    report.pruned = selection.pruned
+    # Millions of short-lived tuples and no reference cycles: the cyclic collector
+    # would only rescan the growing key sets again and again.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        batches = _parsed_batches(engine, selection, batch_size, workers)
+        with closing(batches), engine.connect() as conn:
+            if dry_run:
+                with write_lock(engine):
+                    tx = conn.begin()
+                    snapshot_tables(conn)
+                    _clear(conn, selection.max_id)
+                    _rebuild_batches(conn, batches, report, progress)
+                    report.changes = diff_tables(conn)
+                    report.rows = row_counts(conn)
+                    tx.rollback()
+                with _transaction(engine, conn):
+                    drop_snapshot(conn)
             else:
-                diff = _differs(before.as_dict(), after.as_dict())
-                conn.execute(update(ms).where(ms.c.message_id == mid).values(diff))
-                change.updated += 1
+                with _transaction(engine, conn):
+                    _clear(conn, selection.max_id)
+                _rebuild_batches(conn, batches, report, progress, engine)
+                report.rows = row_counts(conn)
+    finally:
+        if collecting:
+            gc.enable()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _rebuild_batches(
+    conn: Connection, batches: Iterator[list[Parsed]], report: ReplayReport,
+    progress: Progress | None, engine: Engine | None = None,
+) -> None:  # fmt: skip
+    for items in batches:
+        statuses = dict(
+            conn.execute(select(EVENTS.c.id, EVENTS.c.status).where(
+                EVENTS.c.id.in_([p.id for p in items]))).all()
+        )  # fmt: skip
+        if engine is None:
+            done = project(conn, items)
+        else:
+            with _transaction(engine, conn):
+                done = project(conn, items)
+        for event in done:
+            report.note(event.id, statuses.get(event.id, ""), event.fields)
+        if progress:
+            progress(len(items))
+
+
+def _clear(conn: Connection, max_id: int) -> None:
+    """Remove every projection row the stored events will write again."""
+    c = EVENTS.c
+    rebuildable = select(c.id).where(c.body.is_not(None), c.id <= max_id)
+    keep_any = conn.execute(
+        select(func.count()).where(or_(c.body.is_(None), c.id > max_id))
+    ).scalar_one() or any(
+        conn.execute(
+            select(func.count()).where(TABLES[p.table].c.source_event_id.is_(None))
+        ).scalar_one()
+        for p in PROJECTIONS
+        if p.rule == FIRST_WINS
+    )
+    first_wins = [p.table for p in PROJECTIONS if p.rule == FIRST_WINS]
+    if not keep_any and conn.dialect.name == "postgresql":
+        conn.execute(text(f"TRUNCATE {', '.join(first_wins)}, {STATUS}"))
+    else:
+        for name in first_wins:
+            t = TABLES[name]
+            where = t.c.source_event_id.in_(rebuildable) if keep_any else true()
+            conn.execute(delete(t).where(where))
+        conn.execute(delete(TABLES[STATUS]))
+    fs = TABLES[FLOW_SENDS]
+    sender, from_events = fs.c.send_status != SUBMITTED, fs.c.source_event_id.in_(rebuildable)
+    conn.execute(delete(fs).where(not_(sender), from_events))
+    conn.execute(update(fs).where(sender, from_events).values(submitted_at=None,
+                                                              source_event_id=None))  # fmt: skip
+    # message_status of the delivery history a rebuild keeps (events pruned since).
+    dr = TABLES[DELIVERY]
+    kept = conn.execute(select(dr).where(dr.c.kind == "message"))
+    upsert_rows(conn, STATUS, [row._asdict() for row in _fold_history(kept).values()])
+
+
+# ---------------------------------------------------------------- reading and parsing
+# The pure half of the work (read a batch, parse every body) runs ahead of the writes:
+# in a thread, or for large rebuilds in worker processes, so that parsing uses every
+# CPU instead of sharing one interpreter lock with the writer.
+
+PROCESS_THRESHOLD = 50_000
+PARSE_WORKERS = 2
+
+
+def default_workers(events: int) -> int:
+    """Parse in processes (one per CPU, at most PARSE_WORKERS) once that pays for itself."""
+    if events < PROCESS_THRESHOLD:
+        return 0  # starting processes costs about a second
+    return min(os.cpu_count() or 1, PARSE_WORKERS)
+
+
+def _parsed_batches(
+    engine: Engine, selection: Selection, batch_size: int, workers: int
+) -> Generator[list[Parsed], None, None]:
+    if workers <= 0:
+        return prefetch(lambda: _in_thread(engine, selection.max_id, batch_size))
+    return _in_processes(engine, selection, batch_size, workers)
+
+
+def _in_thread(engine: Engine, max_id: int, batch_size: int) -> Iterator[list[Parsed]]:
+    for events in iter_batches(engine, true(), max_id, batch_size):
+        yield [parse_event(event) for event in events]
+
+
+def _in_processes(
+    engine: Engine, selection: Selection, batch_size: int, workers: int
+) -> Generator[list[Parsed], None, None]:
+    """Batches of consecutive ids, parsed by ``workers`` processes, yielded in order."""
+    url = engine.url.render_as_string(hide_password=False)
+    context = multiprocessing.get_context("spawn")  # no copied connections or threads
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_start, initargs=(url,)
+    ) as pool:
+        starts = iter(range(selection.min_id, selection.max_id + 1, batch_size))
+        pending: deque[Future[list[Parsed]]] = deque()
+        try:
+            for start in starts:
+                end = min(start + batch_size - 1, selection.max_id)
+                pending.append(pool.submit(_worker_batch, start, end))
+                if len(pending) > 2 * workers and (batch := pending.popleft().result()):
+                    yield batch
+            while pending:
+                if batch := pending.popleft().result():
+                    yield batch
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+_WORKER_ENGINE: Engine | None = None
+
+
+def _worker_start(url: str) -> None:
+    global _WORKER_ENGINE
+    gc.disable()
+    _WORKER_ENGINE = make_engine(url)
+
+
+def _worker_batch(first_id: int, last_id: int) -> list[Parsed]:
+    """Events with ids first_id..last_id (and a body), parsed (in a worker process)."""
+    assert _WORKER_ENGINE is not None
+    with _WORKER_ENGINE.connect() as conn:
+        conn.execution_options(sqlite_begin="DEFERRED")  # a read: no write lock
+        events = read_batch(conn, true(), first_id - 1, last_id, last_id - first_id + 1)
+    return [parse_event(event) for event in events]

@@ -4,8 +4,11 @@ live in forward_cli.py."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -17,15 +20,17 @@ from sqlalchemy import Engine, exc
 
 from webhook.callbacks import TRIGGERS, UNKNOWN, ParseError, parse_time
 from webhook.cli import events
+from webhook.db import StorageUnavailable
 from webhook.events_query import EventFilter, count_selection
-from webhook.ingest import FAILED, IGNORED, PROCESSED, StorageUnavailable
-from webhook.rebuild import default_workers, rebuild
-from webhook.replay import reprocess
+from webhook.projection import FAILED, IGNORED, PENDING, PROCESSED
+from webhook.projector import BATCH_SIZE, Progress, drain
+from webhook.replay import default_workers, rebuild, reprocess
 from webhook.replay_report import ReplayReport
 from webhook.state import state
 from webhook.transfer import count_items, export, import_path
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("webhook.projector")
 
 
 def app_engine() -> Engine:
@@ -103,7 +108,7 @@ def selection_options(fn: F) -> F:
     """--id, --since, --until, --trigger, --status: every one given must match."""
     options = [
         click.option("--status", "statuses", multiple=True,
-                     type=click.Choice([PROCESSED, FAILED, IGNORED]),
+                     type=click.Choice([PENDING, PROCESSED, FAILED, IGNORED]),
                      help="Only events with this status (repeatable)."),
         click.option("--trigger", "triggers", multiple=True, callback=_trigger,
                      help="Only events of this trigger, e.g. MESSAGE_DELIVERY (repeatable)."),
@@ -180,8 +185,6 @@ def _summary(verb: str, report: ReplayReport, dry_run: bool) -> str:
     )
     if report.pruned:
         line += f"; skipped {number(report.pruned)} events whose body was pruned"
-    if report.slow_batches:
-        line += f"; {report.slow_batches} batches replayed one event at a time"
     return line + ("; dry run, nothing written" if dry_run else "")
 
 
@@ -244,6 +247,46 @@ def rebuild_command(dry_run: bool, batch_size: int, workers: int | None) -> None
             )  # fmt: skip
     _print_report(report, dry_run)
     click.echo(_summary("rebuilt from", report, dry_run))
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@events.command("project")
+@click.option("--follow", is_flag=True,
+              help="Keep projecting new events as they arrive (a Procfile worker); stop "
+              "with Ctrl-C or SIGTERM.")  # fmt: skip
+@click.option("--batch-size", default=BATCH_SIZE, show_default=True, type=click.IntRange(min=1))
+@click.option("--poll", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="--follow: seconds between looks for new events.")  # fmt: skip
+def project_command(follow: bool, batch_size: int, poll: float) -> None:
+    """Project pending events into the typed tables, then exit (or --follow).
+
+    For deployments that run the service with PROJECTOR=off. Any number may run at
+    once against one PostgreSQL: each event is projected by exactly one of them.
+    """
+    engine = app_engine()
+    total = Progress()
+    if follow:
+        signal.signal(signal.SIGTERM, _interrupt)  # stop between batches, like Ctrl-C
+    try:
+        with database_errors():
+            while True:
+                done = drain(engine, batch_size)
+                total.add(done)
+                if done.events:
+                    log.info("projected %s events", done.events,
+                             extra={"fields": done.as_fields()})  # fmt: skip
+                if not follow:
+                    break
+                time.sleep(poll)
+    except KeyboardInterrupt:
+        pass
+    click.echo(
+        f"projected {number(total.events)} events: {number(total.processed)} processed, "
+        f"{number(total.ignored)} ignored, {number(total.failed)} failed"
+    )
 
 
 # ---------------------------------------------------------------- import, export

@@ -1,21 +1,17 @@
 """What a replay did (counts per status and per table, for reports and dry runs), and
-the two helpers rebuild and reprocess share: storing events' new status, and telling
-a database that is gone from one that refuses some rows."""
+the whole-table comparison that counts, per projection table, the rows a replay
+inserted, updated, left unchanged and deleted."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-import psycopg
-from sqlalchemy import Connection, Table, bindparam, update
+from sqlalchemy import Connection, Table, func, select, text
 
-from webhook.events_query import EVENTS
-from webhook.ingest import UNAVAILABLE_ERRORS
 from webhook.models import Base
-from webhook.replay_rows import PROJECTION_TABLES, EventFields
+from webhook.projection import BY_TABLE, PROJECTION_TABLES, EventFields
 
 FAILURES_LISTED = 20
 TABLES: dict[str, Table] = {name: Base.metadata.tables[name] for name in PROJECTION_TABLES}
@@ -56,7 +52,6 @@ class ReplayReport:
     changes: dict[str, TableChanges] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)  # rows per table afterwards
     seconds: float = 0.0
-    slow_batches: int = 0  # batches replayed event by event after a refused bulk write
 
     def note(self, event_id: int, old_status: str, fields: EventFields) -> None:
         self.events += 1
@@ -69,26 +64,62 @@ class ReplayReport:
                 self.failures.append(Failure(event_id, fields.trigger, fields.error or ""))
 
 
-_UNAVAILABLE = (*UNAVAILABLE_ERRORS, psycopg.OperationalError, psycopg.InterfaceError)
+def _before(name: str) -> str:
+    return f"replay_before_{name}"
 
 
-def is_unavailable(err: BaseException) -> bool:
-    """The database is gone (stop), as opposed to refusing these rows (replay slowly)."""
-    return isinstance(err, _UNAVAILABLE)
+def snapshot_tables(conn: Connection) -> None:
+    """Copy each projection table into a temporary table (see drop_snapshot)."""
+    for name in PROJECTION_TABLES:
+        conn.execute(text(f"CREATE TEMPORARY TABLE {_before(name)} AS SELECT * FROM {name}"))
 
 
-def update_events(conn: Connection, changed: Iterable[tuple[int, EventFields]]) -> None:
-    """Store new trigger, status, error and envelope fields for these events."""
-    now = datetime.now(UTC)
-    params = [
-        {**{f"b_{k}": v for k, v in fields._asdict().items()}, "b_id": event_id}
-        for event_id, fields in changed
-    ]
-    if not params:
-        return
-    stmt = (
-        update(EVENTS)
-        .where(EVENTS.c.id == bindparam("b_id"))
-        .values({**{n: bindparam(f"b_{n}") for n in EventFields._fields}, "processed_at": now})
-    )
-    conn.execute(stmt, params)
+def drop_snapshot(conn: Connection) -> None:
+    for name in PROJECTION_TABLES:
+        conn.execute(text(f"DROP TABLE IF EXISTS {_before(name)}"))
+
+
+def diff_tables(conn: Connection) -> dict[str, TableChanges]:
+    """Per table: rows inserted, updated, unchanged and deleted since snapshot_tables."""
+    distinct = "IS NOT" if conn.dialect.name == "sqlite" else "IS DISTINCT FROM"
+    out: dict[str, TableChanges] = {}
+    for name in PROJECTION_TABLES:
+        keys = BY_TABLE[name].key
+        cols = [c.name for c in TABLES[name].columns if c.name != "id" and c.name not in keys]
+        on = " AND ".join(f"a.{k} = b.{k}" for k in keys)
+        keyed = " AND ".join(f"{{t}}.{k} IS NOT NULL" for k in keys)
+        any_diff = " OR ".join(f"a.{c} {distinct} b.{c}" for c in cols) or "1 = 0"
+        after, before = name, _before(name)
+        matched, updated = conn.execute(
+            text(
+                f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN {any_diff} THEN 1 ELSE 0 END), 0) "
+                f"FROM {after} a JOIN {before} b ON {on}"
+            )
+        ).one()
+        inserted = conn.execute(
+            text(
+                f"SELECT COUNT(*) FROM {after} a WHERE {keyed.format(t='a')} AND NOT EXISTS "
+                f"(SELECT 1 FROM {before} b WHERE {on})"
+            )
+        ).scalar_one()
+        deleted = conn.execute(
+            text(
+                f"SELECT COUNT(*) FROM {before} b WHERE {keyed.format(t='b')} AND NOT EXISTS "
+                f"(SELECT 1 FROM {after} a WHERE {on})"
+            )
+        ).scalar_one()
+        # Rows without a key (sends Sinch rejected) are never touched by a replay.
+        keyless = conn.execute(
+            text(f"SELECT COUNT(*) FROM {after} a WHERE NOT ({keyed.format(t='a')})")
+        ).scalar_one()
+        out[name] = TableChanges(
+            int(inserted), int(updated), int(matched) - int(updated) + int(keyless), int(deleted)
+        )
+    return out
+
+
+def row_counts(conn: Connection) -> dict[str, int]:
+    return {
+        name: int(conn.execute(select(func.count()).select_from(TABLES[name])).scalar_one())
+        for name in PROJECTION_TABLES
+    }

@@ -24,8 +24,9 @@ import click
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from webhook.cli import events
-from webhook.ingest import FAILED, UNAVAILABLE_ERRORS
+from webhook.db import UNAVAILABLE_ERRORS
 from webhook.models import CallbackEvent as Event
+from webhook.projection import FAILED, PENDING
 from webhook.state import state
 
 BATCH_SIZE = 1000
@@ -52,14 +53,16 @@ def plan_prune(
     prune_before = _horizon(now, older_than_days)
     delete_before = _horizon(now, delete_after_days) if delete_after_days is not None else None
     bodies = select(Event.status, func.count()).where(
-        Event.received_at < prune_before, Event.body.is_not(None)
+        Event.received_at < prune_before, Event.body.is_not(None), Event.status != PENDING
     )
     if delete_before is not None:
         bodies = bodies.where(Event.received_at >= delete_before)
     by_status = {status: n for status, n in conn.execute(bodies.group_by(Event.status))}
     deletes = 0
     if delete_before is not None:
-        count = select(func.count()).where(Event.received_at < delete_before)
+        count = select(func.count()).where(
+            Event.received_at < delete_before, Event.status != PENDING
+        )
         deletes = int(conn.execute(count).scalar_one())
     return PrunePlan(
         now=now,
@@ -79,7 +82,12 @@ def drop_bodies(
     ids = (
         conn.execute(
             select(Event.id)
-            .where(Event.id > after_id, Event.received_at < before, Event.body.is_not(None))
+            .where(
+                Event.id > after_id,
+                Event.received_at < before,
+                Event.body.is_not(None),
+                Event.status != PENDING,  # not yet projected: the body is all there is
+            )
             .order_by(Event.id)
             .limit(limit)
         )
@@ -96,7 +104,10 @@ def delete_events(conn: Connection, before: datetime, limit: int = BATCH_SIZE) -
     """Delete up to ``limit`` raw events received before ``before``; return how many."""
     ids = (
         conn.execute(
-            select(Event.id).where(Event.received_at < before).order_by(Event.id).limit(limit)
+            select(Event.id)
+            .where(Event.received_at < before, Event.status != PENDING)
+            .order_by(Event.id)
+            .limit(limit)
         )
         .scalars()
         .all()

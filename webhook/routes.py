@@ -7,9 +7,10 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import text
 
 from webhook.callbacks import InvalidBody, load_body
-from webhook.db import clear_deadline, set_deadline
+from webhook.db import UNAVAILABLE_ERRORS, StorageUnavailable
+from webhook.deadline import clear_deadline, set_deadline
 from webhook.errors import error_response
-from webhook.ingest import UNAVAILABLE_ERRORS, StorageUnavailable, ingest
+from webhook.ingest import append
 from webhook.migrate import current_revision
 from webhook.signing import SignatureError, signature_headers, verify
 from webhook.state import state
@@ -30,7 +31,10 @@ def _end_database_bound(_exc: BaseException | None) -> None:
 
 @bp.post("/sinch/callbacks")
 def receive_callback() -> Response:
-    """Verify, store and project one Sinch callback; 200 only after the commit."""
+    """Verify and store one Sinch callback; 200 only after the commit.
+
+    The event is stored ``pending``; the projector folds it into the typed tables.
+    """
     st = state()
     body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
     settings = st.settings
@@ -49,7 +53,7 @@ def receive_callback() -> Response:
     except InvalidBody as err:
         return error_response(400, "invalid_body", str(err))
     try:
-        result = ingest(st.engine, body, payload, signature_headers(request.headers))
+        result = append(st.engine, body, payload, signature_headers(request.headers))
     except StorageUnavailable:
         return error_response(
             503,
@@ -57,7 +61,7 @@ def receive_callback() -> Response:
             "the callback could not be stored; retry later",
             Retry_After=str(settings.retry_after_seconds),
         )
-    g.ingest_result = result  # for the log line and metrics (webhook/observe.py)
+    g.append_result = result  # for the log line and metrics (webhook/observe.py)
     answer = {"event_id": result.event_id, "outcome": result.outcome,
               "status": result.status, "trigger": result.trigger}  # fmt: skip
     return Response(orjson.dumps(answer), mimetype="application/json")
@@ -71,7 +75,11 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """The database answers and its schema is at the latest migration."""
+    """The database answers and its schema is at the latest migration.
+
+    A projector that is behind does not make the service unready: callbacks are still
+    stored. Alert on the lag metrics instead (README "Operations").
+    """
     st = state()
     try:
         with st.engine.connect() as conn:

@@ -1,13 +1,17 @@
-"""What the app holds for the life of the process: settings and the engine."""
+"""What the app holds for the life of the process: settings, the engine, the projector."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 from sqlalchemy import Engine
 
 from webhook.config import Settings
+
+if TYPE_CHECKING:
+    from webhook.projector import ProjectorThread
 
 EXTENSION_KEY = "webhook"
 
@@ -17,6 +21,8 @@ class AppState:
     settings: Settings
     engine: Engine
     head_revision: str | None
+    # The background projector of this process, when it runs here (see create_app).
+    projector: ProjectorThread | None = None
 
 
 def state(app: Flask | None = None) -> AppState:

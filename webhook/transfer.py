@@ -8,7 +8,7 @@ Import reads a JSON Lines file, where each line is either a callback body itself
 object with ``body`` (the exact body as a string, or a JSON object, which is then
 serialised compactly) or ``body_base64``, plus optional ``headers`` and
 ``received_at``; or a folder whose ``*.json`` files are each one item of the same
-kinds. Every item goes through webhook.ingest.ingest, the code path of the HTTP
+kinds. Every item is appended by webhook.ingest, the code path of the HTTP
 endpoint: same dedupe (an item already stored is a duplicate), same projections.
 """
 
@@ -29,7 +29,8 @@ from sqlalchemy import Engine, select
 
 from webhook.callbacks import InvalidBody, ParseError, load_body, parse_time
 from webhook.events_query import EVENTS, EventFilter, count_selection
-from webhook.ingest import DUPLICATE, ingest
+from webhook.ingest import DUPLICATE, append
+from webhook.projector import project_ids
 
 EXPORT_COLUMNS = ("id", "received_at", "trigger", "status", "error", "headers", "body_sha256")
 
@@ -184,6 +185,7 @@ def import_path(
     stopped half-way (StorageUnavailable) can simply be run again.
     """
     report = ImportReport()
+    stored: list[int] = []
     for where, raw in read_source(path):
         report.items += 1
         try:
@@ -191,12 +193,25 @@ def import_path(
         except BadItem as err:
             report.skipped.append((where, str(err)))
         else:
-            result = ingest(engine, item.body, item.payload, item.headers, item.received_at)
-            if result.outcome == DUPLICATE:
+            result = append(engine, item.body, item.payload, item.headers, item.received_at)
+            if result.outcome == DUPLICATE or result.event_id is None:
                 report.duplicates += 1
             else:
                 report.stored += 1
-                report.statuses[result.status or "?"] += 1
+                stored.append(result.event_id)
+        if len(stored) >= IMPORT_BATCH:
+            _project(engine, stored, report)
         if progress:
             progress(1)
+    _project(engine, stored, report)
     return report
+
+
+IMPORT_BATCH = 500
+
+
+def _project(engine: Engine, ids: list[int], report: ImportReport) -> None:
+    """Project the events just stored, with the projector that serves live callbacks."""
+    for event in project_ids(engine, ids):
+        report.statuses[event.fields.status] += 1
+    ids.clear()

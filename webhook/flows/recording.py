@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert
 
-from webhook.ingest import UNAVAILABLE_ERRORS
+from webhook.db import UNAVAILABLE_ERRORS
 from webhook.models import FlowExchange
 
 log = logging.getLogger(__name__)

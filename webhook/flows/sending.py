@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, and_, case, exists, func, or_, select
 
+from webhook.db import upsert_insert
 from webhook.flows.client import (
     ConversationClient,
     SinchOutcomeUnknown,
@@ -29,7 +30,6 @@ from webhook.flows.client import (
 )
 from webhook.flows.message import SendRequest
 from webhook.models import FlowResponse, FlowSend, MessageStatus
-from webhook.projections import upsert_insert
 
 ACCEPTED, REJECTED, FAILED, UNKNOWN = "accepted", "rejected", "failed", "unknown"
 # A token on a row with one of these statuses never reached a user, so it may be used again.
@@ -99,7 +99,7 @@ def record_send(
         "request_body": req.body,
         "sent_at": sent_at,
     }
-    stmt = upsert_insert(conn, FlowSend).values(**values)
+    stmt = upsert_insert(conn.dialect.name, FlowSend).values(**values)
     if message_id is None:
         conn.execute(stmt)
         return
