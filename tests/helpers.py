@@ -25,9 +25,16 @@ def sign(body: bytes, secret: str = SECRET, nonce: str | None = None) -> dict[st
     return sign_headers(secret, body, nonce or uuid.uuid4().hex)
 
 
-def post_callback(client: FlaskClient, body: bytes, secret: str = SECRET) -> Any:
+def post_callback(
+    client: FlaskClient, body: bytes, secret: str = SECRET, wait: bool = True
+) -> Any:
+    """POST a signed callback; with ``wait``, return once the projector has projected
+    what is pending (tests that read typed rows need them)."""
     headers = {"Content-Type": "application/json", **sign(body, secret)}
-    return client.post("/sinch/callbacks", data=body, headers=headers)
+    response = client.post("/sinch/callbacks", data=body, headers=headers)
+    if wait:
+        project(client.application)
+    return response
 
 
 def project(target: Any) -> None:
@@ -37,13 +44,6 @@ def project(target: Any) -> None:
 
     engine = target.extensions["webhook"].engine if hasattr(target, "extensions") else target
     drain(engine)
-
-
-def post_projected(client: FlaskClient, body: bytes, secret: str = SECRET) -> Any:
-    """post_callback, then project what it stored (for tests that read typed rows)."""
-    response = post_callback(client, body, secret)
-    project(client.application)
-    return response
 
 
 def fixture_bytes(name: str) -> bytes:

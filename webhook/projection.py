@@ -132,8 +132,9 @@ class Parsed(NamedTuple):
 
     id: int
     received_at: datetime
-    fields: EventFields
+    fields: EventFields  # as parsing decides them now
     records: tuple[Record, ...]
+    before: EventFields | None = None  # as stored; the projector writes only changes
 
 
 def parse_event(event: StoredEvent) -> Parsed:
@@ -143,24 +144,26 @@ def parse_event(event: StoredEvent) -> Parsed:
     lose the event: whatever it raises becomes the event's error.
     """
     assert event.body is not None
+    before = event.fields
     try:
         payload = load_body(event.body)
     except InvalidBody as err:  # only for a body stored by other means than the endpoint
-        return Parsed(event.id, event.received_at, _fields(event.trigger, FAILED, str(err)), ())
+        fields = _fields(event.trigger, FAILED, str(err))
+        return Parsed(event.id, event.received_at, fields, (), before)
     try:
         parsed = parse_callback(payload)
     except ParseError as err:
         fields = _fields(detect_trigger(payload), FAILED, str(err), payload)
-        return Parsed(event.id, event.received_at, fields, ())
+        return Parsed(event.id, event.received_at, fields, (), before)
     except Exception as err:
         fields = _fields(detect_trigger(payload), FAILED, f"parser error: {describe_error(err)}",
                          payload)  # fmt: skip
-        return Parsed(event.id, event.received_at, fields, ())
+        return Parsed(event.id, event.received_at, fields, (), before)
     env = parsed.envelope
     status = IGNORED if parsed.trigger == UNKNOWN else PROCESSED
     fields = EventFields(parsed.trigger, status, None, env.app_id, env.project_id,
                          env.event_time, env.correlation_id)  # fmt: skip
-    return Parsed(event.id, event.received_at, fields, parsed.records)
+    return Parsed(event.id, event.received_at, fields, parsed.records, before)
 
 
 def _fields(trigger: str, status: str, error: str | None,

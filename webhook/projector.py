@@ -255,13 +255,15 @@ def _upsert_statement(dialect: str, table: str, first_wins: bool) -> Any:
 
 
 def set_statuses(conn: Connection, events: Sequence[Parsed]) -> None:
-    """Store each event's status, error and envelope fields (one executemany)."""
+    """Store each event's status, error and envelope fields where they changed."""
     now = datetime.now(UTC)
     params = [
         {**{f"b_{k}": v for k, v in e.fields._asdict().items()}, "b_id": e.id, "b_at": now}
         for e in events
+        if e.fields != e.before
     ]
-    conn.execute(_STATUS_UPDATE, params)
+    if params:
+        conn.execute(_STATUS_UPDATE, params)
 
 
 _STATUS_UPDATE = (

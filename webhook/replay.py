@@ -95,6 +95,7 @@ def reprocess(
     where = selected.clause()
     with engine.connect() as conn:
         selection = count_selection(conn, where)
+        conn.rollback()  # end the read before the write transactions
         report.pruned = selection.pruned
         with _transaction(engine, conn):
             snapshot_tables(conn)
@@ -153,13 +154,14 @@ def _reprocess_batch(
 def _forget(conn: Connection, parsed: list[Parsed]) -> set[str]:
     """Remove what these events hold but no longer produce; the message ids touched."""
     ids = [p.id for p in parsed]
+    # (event id, key) pairs: a row an event holds stays only if that event still makes it.
     produced: dict[str, set[tuple[Any, ...]]] = {p.table: set() for p in PROJECTIONS}
     touched: set[str] = set()
     for event in parsed:
         for r in event.records:
             for p in PROJECTIONS:
                 if p.record is not None and isinstance(r, p.record):
-                    produced[p.table].add(tuple(getattr(r, c) for c in p.key))
+                    produced[p.table].add((event.id, *(getattr(r, c) for c in p.key)))
             if isinstance(r, DeliveryReportRecord) and status_of_report(r, event.received_at):
                 touched.add(r.message_id)
     for p in PROJECTIONS:
@@ -167,7 +169,9 @@ def _forget(conn: Connection, parsed: list[Parsed]) -> set[str]:
             continue
         t = TABLES[p.table]
         held = conn.execute(
-            select(t.c.id, *(t.c[c] for c in p.key)).where(t.c.source_event_id.in_(ids))
+            select(t.c.id, t.c.source_event_id, *(t.c[c] for c in p.key)).where(
+                t.c.source_event_id.in_(ids)
+            )
         ).all()
         gone = [row[0] for row in held if tuple(row[1:]) not in produced[p.table]]
         if p.table == DELIVERY:
@@ -180,9 +184,11 @@ def _forget(conn: Connection, parsed: list[Parsed]) -> set[str]:
     fs = TABLES[FLOW_SENDS]
     mine = fs.c.source_event_id.in_(ids)
     created = conn.execute(
-        select(fs.c.id, fs.c.message_id).where(mine, fs.c.send_status == SUBMITTED)
+        select(fs.c.id, fs.c.source_event_id, fs.c.message_id).where(
+            mine, fs.c.send_status == SUBMITTED
+        )
     ).all()
-    gone = [row.id for row in created if (row.message_id,) not in produced[FLOW_SENDS]]
+    gone = [row.id for row in created if tuple(row[1:]) not in produced[FLOW_SENDS]]
     if gone:
         conn.execute(delete(fs).where(fs.c.id.in_(gone)))
     conn.execute(
@@ -280,17 +286,13 @@ def _rebuild_batches(
     progress: Progress | None, engine: Engine | None = None,
 ) -> None:  # fmt: skip
     for items in batches:
-        statuses = dict(
-            conn.execute(select(EVENTS.c.id, EVENTS.c.status).where(
-                EVENTS.c.id.in_([p.id for p in items]))).all()
-        )  # fmt: skip
         if engine is None:
             done = project(conn, items)
         else:
             with _transaction(engine, conn):
                 done = project(conn, items)
         for event in done:
-            report.note(event.id, statuses.get(event.id, ""), event.fields)
+            report.note(event.id, event.before.status if event.before else "", event.fields)
         if progress:
             progress(len(items))
 

@@ -47,4 +47,4 @@ def downgrade() -> None:
     )
     with op.batch_alter_table("callback_events", schema=None) as batch_op:
         batch_op.drop_index("ix_callback_events_pending")
-        batch_op.drop_constraint("ck_callback_events_status", type_="check")
+        batch_op.drop_constraint(op.f("ck_callback_events_status"), type_="check")
