@@ -31,13 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.engine import make_url
+from webhook.rebuild import default_workers, rebuild
 
 from webhook import migrate
 from webhook.callbacks import load_body, parse_envelope
 from webhook.db import make_engine
 from webhook.ingest import classify
 from webhook.models import CallbackEvent
-from webhook.rebuild import default_workers, rebuild
 from webhook.simulate import SimulationConfig, simulate
 
 DEFAULT_PG = "postgresql+psycopg://127.0.0.1:5432/test"

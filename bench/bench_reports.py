@@ -36,6 +36,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from webhook.projections import STAGE_COLUMNS, STATUS_RANKS, derive_status
 
 from webhook import migrate, reports
 from webhook.callbacks import (
@@ -48,7 +49,6 @@ from webhook.callbacks import (
 )
 from webhook.config import normalize_database_url
 from webhook.db import make_engine
-from webhook.projections import STAGE_COLUMNS, STATUS_RANKS, derive_status
 from webhook.report_cli import read_only, render
 from webhook.simulate import SimulationConfig, simulate_message
 

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import psycopg
 from sqlalchemy.engine import make_url
+from webhook.projections import STAGE_COLUMNS, STATUS_RANKS, derive_status
 
 from webhook.callbacks import (
     DeliveryReportRecord,
@@ -32,7 +33,6 @@ from webhook.callbacks import (
     InboundMessageRecord,
 )
 from webhook.ingest import classify
-from webhook.projections import STAGE_COLUMNS, STATUS_RANKS, derive_status
 from webhook.signing import sign_headers
 from webhook.simulate import SimulationConfig, iter_bodies
 

@@ -25,9 +25,7 @@ def sign(body: bytes, secret: str = SECRET, nonce: str | None = None) -> dict[st
     return sign_headers(secret, body, nonce or uuid.uuid4().hex)
 
 
-def post_callback(
-    client: FlaskClient, body: bytes, secret: str = SECRET, wait: bool = True
-) -> Any:
+def post_callback(client: FlaskClient, body: bytes, secret: str = SECRET, wait: bool = True) -> Any:
     """POST a signed callback; with ``wait``, return once the projector has projected
     what is pending (tests that read typed rows need them)."""
     headers = {"Content-Type": "application/json", **sign(body, secret)}
@@ -40,10 +38,11 @@ def post_callback(
 def project(target: Any) -> None:
     """Project every pending event now (an app or an engine): what a test that needs
     the typed rows waits for, with no sleep. Safe beside the app's projector thread."""
-    from webhook.projector import drain
+    from webhook.projector import drain, wait_projected
 
     engine = target.extensions["webhook"].engine if hasattr(target, "extensions") else target
     drain(engine)
+    wait_projected(engine, timeout=30)  # events another projector claimed are committed
 
 
 def fixture_bytes(name: str) -> bytes:

@@ -25,7 +25,7 @@ from webhook.callbacks import load_body
 from webhook.db import make_engine
 from webhook.ingest import DUPLICATE, STORED
 from webhook.models import Base
-from webhook.projector import IngestResult, ingest
+from webhook.projector import IngestResult, ingest, wait_projected
 from webhook.simulate import SimulationConfig, simulate
 
 # Differ between two ingests of the same events by design (ids, wall-clock receive times).
@@ -68,6 +68,7 @@ def test_concurrent_ingest_equals_sequential_ingest(
     ) as service:
         sender = Sender(service, stream, threads=8).start()
         sender.join(timeout=120)
+        wait_projected(concurrent, timeout=60)  # the service's own projector threads
     assert set(sender.statuses()) == {200}
 
     sequential = migrated(new_database_url(backend))

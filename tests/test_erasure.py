@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, insert
 
-from tests.helpers import FIXTURES, rows
+from tests.helpers import FIXTURES, project, rows
 from tests.queries import funnel, snapshot, status_counts, table_counts
 from webhook.callbacks import load_body, parse_callback
 from webhook.models import FlowExchange, FlowSend
@@ -58,6 +58,7 @@ def load_everything(client: FlaskClient, engine: Engine) -> list[bytes]:
     bodies = fixture_bodies() + stream
     for body in bodies:
         assert client.post("/sinch/callbacks", data=body).status_code == 200
+    project(engine)
     with engine.begin() as conn:
         conn.execute(insert(FlowSend).values(
             message_id="01KKOWNSEND00000000000001", flow_id="1187345529063321",
@@ -210,6 +211,7 @@ def test_erasing_by_contact_id_also_catches_rows_with_only_the_number(
         "channel_identity": {"channel": "WHATSAPP", "identity": ANA_NUMBER}}}).encode()  # fmt: skip
     for body in (no_contact, with_contact):
         assert client.post("/sinch/callbacks", data=body).status_code == 200
+    project(engine)
     result = erase(erasing_app, "--contact-id", ANA_CONTACT)
     assert result.exit_code == 0, result.output
     assert ANA_NUMBER not in dump(engine) and "Ana Souza" not in dump(engine)

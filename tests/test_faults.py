@@ -27,6 +27,7 @@ from tests.tcp_proxy import TcpProxy
 from webhook import migrate
 from webhook.db import make_engine
 from webhook.models import CallbackEvent
+from webhook.projector import wait_projected
 from webhook.simulate import SimulatedMessage, SimulationConfig, simulate
 
 pytestmark = pytest.mark.slow
@@ -121,6 +122,7 @@ def test_worker_sigkill_loses_no_acknowledged_callback(
                 time.sleep(0.02)
             assert set(service.worker_pids()) != before
         sender.join(timeout=120)
+        wait_projected(engine, timeout=60)  # by the service's own projector threads
     check_outcome(engine, sender, messages, f"worker SIGKILL x{kills} [{backend}]", kills)
     assert set(sender.statuses()) <= {200, None}  # no error answers, only cut connections
 
@@ -141,6 +143,7 @@ def test_server_sigkill_and_restart_loses_no_acknowledged_callback(
             time.sleep(0.3)  # the sender meets a closed port meanwhile
             service.start()
         sender.join(timeout=120)
+        wait_projected(engine, timeout=60)  # by the service's own projector threads
     finally:
         service.stop()
     check_outcome(engine, sender, messages, f"server SIGKILL x{crashes} [{backend}]", crashes)
@@ -192,6 +195,8 @@ def test_database_outage_answers_503_and_recovers(
         # Recovered on its own: the same workers, none killed by gunicorn's timeout.
         assert set(service.worker_pids()) == workers
         assert httpx.get(service.url + "/readyz", timeout=10).status_code == 200
+        # The projector backed off during the outage and catches up on its own.
+        wait_projected(engine, timeout=60)
     finally:
         service.stop()
         proxy.stop()

@@ -85,7 +85,8 @@ def send_then_callbacks(
     ):
         response = post_callback(client, callback(name, message_id, token, reply_to=reply_to))
         assert response.status_code == 200, response.get_json()
-        assert response.get_json()["status"] == "processed"
+        assert response.get_json()["status"] == "pending"
+    assert {r["status"] for r in rows(engine, "callback_events")} == {"processed"}
     return message_id, token, client
 
 

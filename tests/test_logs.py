@@ -95,7 +95,7 @@ def test_one_line_per_callback_with_the_callers_request_id(
     assert set(line) == CALLBACK_KEYS
     assert line["request_id"] == "req-42"
     assert (line["trigger"], line["outcome"], line["status"]) == (
-        "MESSAGE_INBOUND", "stored", "processed")  # fmt: skip
+        "MESSAGE_INBOUND", "stored", "pending")  # fmt: skip
     assert line["event_id"] == response.get_json()["event_id"]
     assert line["http_status"] == 200 and line["duration_ms"] >= 0
     assert line["level"] == "info"

@@ -21,10 +21,11 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from tests.helpers import ROOT, SECRET, fixture_bytes, post_callback, sign
+from tests.helpers import ROOT, SECRET, fixture_bytes, post_callback, project, sign
 from webhook import migrate
 from webhook.callbacks import load_body
 from webhook.db import make_engine
+from webhook.ingest import append
 from webhook.metrics import observe_flow_exchange
 from webhook.projector import ingest
 from webhook.simulate import SimulationConfig, simulate
@@ -64,7 +65,7 @@ def test_every_callback_outcome_is_counted(client: FlaskClient, make_app: Any) -
     assert post_callback(client, text_body).get_json()["outcome"] == "stored"
     assert post_callback(client, text_body).get_json()["outcome"] == "duplicate"
     assert post_callback(client, fixture_bytes("unknown__future_trigger")).status_code == 200
-    assert post_callback(client, FAILING_BODY.encode()).get_json()["status"] == "failed"
+    assert post_callback(client, FAILING_BODY.encode()).get_json()["status"] == "pending"
     assert post_callback(client, text_body, secret="wrong").status_code == 401
     assert post_callback(client, b"not json").status_code == 400
     small = make_app(webhook_secrets=(), max_content_length=100).test_client()
@@ -77,8 +78,8 @@ def test_every_callback_outcome_is_counted(client: FlaskClient, make_app: Any) -
     expected = {
         ("MESSAGE_INBOUND", "stored", ""): 1,
         ("MESSAGE_INBOUND", "duplicate", ""): 1,
-        ("UNKNOWN", "ignored", ""): 1,
-        ("MESSAGE_DELIVERY", "failed", ""): 1,
+        ("UNKNOWN", "stored", ""): 1,
+        ("MESSAGE_DELIVERY", "stored", ""): 1,
         ("none", "rejected", "bad_signature"): 1,
         ("none", "rejected", "invalid_body"): 1,
         ("none", "rejected", "too_large"): 1,
@@ -89,9 +90,33 @@ def test_every_callback_outcome_is_counted(client: FlaskClient, make_app: Any) -
         assert got == n, (trigger, outcome, reason)
     hist = "flowhooks_callback_duration_seconds_count"
     assert delta(before, after, hist, outcome="rejected") == 4
-    assert delta(before, after, hist, outcome="stored") == 1
+    assert delta(before, after, hist, outcome="stored") == 3
     assert delta(before, after, "flowhooks_callback_duration_seconds_bucket",
-                 outcome="stored", le="+Inf") == 1  # fmt: skip
+                 outcome="stored", le="+Inf") == 3  # fmt: skip
+    # What projection made of the three stored events.
+    projected = "flowhooks_events_projected_total"
+    assert delta(before, after, projected, status="processed") == 1
+    assert delta(before, after, projected, status="ignored") == 1
+    assert delta(before, after, projected, status="failed") == 1
+    assert delta(before, after, "flowhooks_events_projection_failed_total") == 1
+
+
+def test_pending_gauges_show_the_projector_lag(make_app: Any, engine: Engine) -> None:
+    client = make_app(projector=False, webhook_secrets=(SECRET,)).test_client()
+    samples = scrape(client)
+    assert value(samples, "flowhooks_events_pending") == 0
+    assert value(samples, "flowhooks_events_pending_oldest_age_seconds") == 0
+    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+    body = fixture_bytes("message_inbound__text")
+    append(engine, body, load_body(body), received_at=two_hours_ago)
+    assert post_callback(client, FAILING_BODY.encode(), wait=False).status_code == 200
+    samples = scrape(client)
+    assert value(samples, "flowhooks_events_pending") == 2
+    assert 2 * 3600 <= value(samples, "flowhooks_events_pending_oldest_age_seconds") < 3 * 3600
+    project(engine)
+    samples = scrape(client)
+    assert value(samples, "flowhooks_events_pending") == 0
+    assert value(samples, "flowhooks_events_pending_oldest_age_seconds") == 0
 
 
 def test_failed_events_gauges_come_from_the_database(client: FlaskClient, engine: Engine) -> None:

@@ -320,7 +320,9 @@ def project_pending(engine: Engine, limit: int = BATCH_SIZE) -> list[Parsed]:
     return _project_where(engine, EVENTS.c.status == PENDING, limit)
 
 
-def _project_where(engine: Engine, where: Any, limit: int) -> list[Parsed]:
+def _project_where(
+    engine: Engine, where: Any, limit: int, lock: bool | str = "skip"
+) -> list[Parsed]:
     if engine.dialect.name == "sqlite":
         with _one_projector(engine):
             with engine.connect() as conn:
@@ -334,7 +336,7 @@ def _project_where(engine: Engine, where: Any, limit: int) -> list[Parsed]:
                 done = project(conn, parsed)
     else:
         with engine.begin() as conn:
-            events = read_batch(conn, where, 0, _NO_END, limit, lock="skip")
+            events = read_batch(conn, where, 0, _NO_END, limit, lock=lock)
             if not events:
                 return []
             done = project(conn, [parse_event(e) for e in events])
@@ -442,11 +444,13 @@ class ProjectorThread:
                 while not self._stop.is_set() and project_pending(self.engine, self.batch_size):
                     pass
             except Exception as err:
-                if not is_unavailable(err):
-                    log.exception("projector: unexpected error; retrying")
-                elif not pause:
+                if pause:  # already said: one line per outage, not one per retry
+                    pass
+                elif is_unavailable(err):
                     log.warning("projector: database unavailable (%s); retrying",
                                 describe_error(err))  # fmt: skip
+                else:
+                    log.error("projector: %s; retrying", describe_error(err), exc_info=True)
                 pause = min(max(pause * 2, 0.1), self.max_pause)
             else:
                 pause = 0.0
@@ -483,7 +487,8 @@ def project_ids(engine: Engine, ids: Sequence[int]) -> list[Parsed]:
     for start in range(0, len(ids), BATCH_SIZE):
         chunk = sorted(ids[start : start + BATCH_SIZE])
         where = and_(EVENTS.c.status == PENDING, EVENTS.c.id.in_(chunk))
-        done += _project_where(engine, where, len(chunk))
+        # Wait for a projector that has claimed some of them: they are done after it.
+        done += _project_where(engine, where, len(chunk), lock=True)
     return done
 
 
