@@ -56,6 +56,7 @@ from webhook.models import (
     InboundMessage,
     MessageStatus,
 )
+from webhook.projector import drain
 from webhook.redact import CONTACT, IDENTITY, Redactor, keyed_hash, normalize_number, redact_answers
 from webhook.state import state
 
@@ -356,6 +357,10 @@ def erase_command(identity: str | None, contact_id: str | None, dry_run: bool) -
             "set it (and keep it secret and stable) before erasing"
         )
     try:
+        if not dry_run:
+            # Project what is pending first: an event projected after the erasure
+            # would otherwise bring its unredacted rows back.
+            drain(st.engine)
         with st.engine.connect() as conn:
             trans = conn.begin()
             try:

@@ -193,11 +193,14 @@ def _summary(verb: str, report: ReplayReport, dry_run: bool) -> str:
 
 @events.command("reprocess")
 @selection_options
+@click.option("--all", "everything", is_flag=True,
+              help="Every stored event (as with no filter, but said explicitly).")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1))
 def reprocess_command(
     ids: tuple[int, ...], since: datetime | None, until: datetime | None,
-    triggers: tuple[str, ...], statuses: tuple[str, ...], dry_run: bool, batch_size: int,
+    triggers: tuple[str, ...], statuses: tuple[str, ...], everything: bool, dry_run: bool,
+    batch_size: int,
 ) -> None:  # fmt: skip
     """Run the projections again over chosen stored events, as after a parser fix.
 
@@ -205,6 +208,9 @@ def reprocess_command(
     to today; events that now project become 'processed', those that still fail keep
     the new error. Running it twice changes nothing the second time.
     """
+    if everything and (ids or since or until or triggers or statuses):
+        raise click.UsageError("--all cannot be combined with --id, --since, --until, "
+                               "--trigger or --status")  # fmt: skip
     selected = event_filter(ids, since, until, triggers, statuses)
     engine = app_engine()
     with database_errors():
