@@ -43,9 +43,9 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from webhook import migrate  # noqa: E402
-from webhook.config import normalize_database_url  # noqa: E402
-from webhook.db import make_engine  # noqa: E402
+from webhook.core.settings import normalize_database_url  # noqa: E402
+from webhook.db import migrate  # noqa: E402
+from webhook.db.engine import make_engine  # noqa: E402
 from webhook.flows import crypto  # noqa: E402
 
 APP_SECRET = "bench-app-secret"

@@ -33,12 +33,13 @@ from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.engine import make_url
 from webhook.rebuild import default_workers, rebuild
 
-from webhook import migrate
-from webhook.callbacks import load_body, parse_envelope
-from webhook.db import make_engine
-from webhook.ingest import classify
-from webhook.models import CallbackEvent
-from webhook.simulate import SimulationConfig, simulate
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.db.models import CallbackEvent
+from webhook.ingest.append import classify
+from webhook.ingest.body import load_body
+from webhook.ingest.parsers import parse_envelope
+from webhook.replay.simulate import SimulationConfig, simulate
 
 DEFAULT_PG = "postgresql+psycopg://127.0.0.1:5432/test"
 SECTION = "## Rebuild"

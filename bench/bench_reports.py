@@ -4,13 +4,13 @@
 
 Creates a throwaway database on the server named by --url (default: the test server),
 migrates it, and fills the projection tables with what the simulator's callbacks
-project to: every body is made by webhook.simulate and parsed by
-webhook.callbacks.parse_callback, then the rows are written with COPY (the HTTP path
+project to: every body is made by webhook.replay.simulate and parsed by
+webhook.ingest.parsers.parse_callback, then the rows are written with COPY (the HTTP path
 and its fsyncs are the ingestion benchmark's business, not this one's). Sends are
 spread evenly over --days; half of them also carry our own sender's sent_at, 1 % of
 sends are rejected, 5 % of completions come without reply_to (matched by flow_token).
 
-Then each report runs in-process, as `flask report` runs it (webhook.reports in the
+Then each report runs in-process, as `flask report` runs it (webhook.reports.queries in the
 command's read-only transaction), for the last 7, 30 and 90 days: one warm-up, then
 --repeat timed runs: wall time (median, max) and CPU time of the database backend plus
 this process (median; Linux /proc, so the server must be on this host). The database is
@@ -38,19 +38,20 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from webhook.projections import STAGE_COLUMNS, STATUS_RANKS, derive_status
 
-from webhook import migrate, reports
-from webhook.callbacks import (
+from webhook.core.settings import normalize_database_url
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.ingest.body import load_body
+from webhook.ingest.parsers import parse_callback
+from webhook.ingest.records import (
     DeliveryReportRecord,
     FlowResponseRecord,
     FlowSendRecord,
     InboundMessageRecord,
-    load_body,
-    parse_callback,
 )
-from webhook.config import normalize_database_url
-from webhook.db import make_engine
-from webhook.report_cli import read_only, render
-from webhook.simulate import SimulationConfig, simulate_message
+from webhook.replay.simulate import SimulationConfig, simulate_message
+from webhook.reports import queries as reports
+from webhook.reports.cli import read_only, render
 
 CHUNK = 25_000
 REPORTS: dict[str, Callable[..., reports.Report]] = {

@@ -4,7 +4,7 @@ Starts the service as the ingestion benchmark does (bench/run.py ``start_server`
 gunicorn.conf.py, no access log, LOG_LEVEL=warning) on a throwaway SQLite file and a
 throwaway PostgreSQL database (created on --pg-url, migrated with the served tree's
 ``flask db upgrade``, dropped after), sends --callbacks signed simulated callbacks
-(webhook.simulate, signed with bench/run.py's secret) from 8 concurrent clients,
+(webhook.replay.simulate, signed with bench/run.py's secret) from 8 concurrent clients,
 with /healthz, /readyz and /metrics in between, then prints each worker's VmHWM (peak
 resident memory) and VmRSS (resident now) from /proc/<pid>/status. Every answer must
 be 200; a run with any other answer fails.
@@ -47,9 +47,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from bench.run import ROOT, SECRET, add_server_arguments, pg_reachable, start_server, stop_server
-from webhook.config import normalize_database_url
-from webhook.signing import sign_headers
-from webhook.simulate import SimulationConfig, simulate
+from webhook.core.settings import normalize_database_url
+from webhook.ingest.signing import sign_headers
+from webhook.replay.simulate import SimulationConfig, simulate
 
 CLIENTS = 8
 FLOWS_PASSPHRASE = "memory bench passphrase"

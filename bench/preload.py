@@ -1,6 +1,6 @@
 """Fill a migrated database with N stored callbacks fast (COPY / executemany, not HTTP).
 
-The events are simulated traffic (webhook.simulate, its own seed and an earlier date,
+The events are simulated traffic (webhook.replay.simulate, its own seed and an earlier date,
 so no body collides with the benchmark's), parsed by the service's own classify(),
 and written with their projections: callback_events, delivery_reports,
 message_status, flow_sends, inbound_messages and flow_responses, as ingest would
@@ -26,15 +26,15 @@ import psycopg
 from sqlalchemy.engine import make_url
 from webhook.projections import STAGE_COLUMNS, STATUS_RANKS, derive_status
 
-from webhook.callbacks import (
+from webhook.ingest.append import classify
+from webhook.ingest.records import (
     DeliveryReportRecord,
     FlowResponseRecord,
     FlowSendRecord,
     InboundMessageRecord,
 )
-from webhook.ingest import classify
-from webhook.signing import sign_headers
-from webhook.simulate import SimulationConfig, iter_bodies
+from webhook.ingest.signing import sign_headers
+from webhook.replay.simulate import SimulationConfig, iter_bodies
 
 EVENT_COLS = ("id", "body", "body_sha256", "headers", "received_at", "trigger", "app_id",
               "project_id", "event_time", "correlation_id", "status", "processed_at")  # fmt: skip

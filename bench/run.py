@@ -2,7 +2,7 @@
 
 Every target runs under the same gunicorn settings (gunicorn.conf.py plus the same
 environment) and is fed by wrk through bench/replay.lua with pre-generated, distinct,
-correctly signed callbacks (webhook.simulate: submits, delivery reports, flow
+correctly signed callbacks (webhook.replay.simulate: submits, delivery reports, flow
 completions, ~3% exact duplicates). Ratios to the ceiling are taken within one
 repeat, so a noisy machine moves both sides together. See README "Benchmarks".
 """
@@ -34,11 +34,11 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from bench.preload import preload
-from webhook import migrate
-from webhook.config import normalize_database_url
-from webhook.db import make_engine
-from webhook.signing import sign_headers
-from webhook.simulate import SimulationConfig, simulate
+from webhook.core.settings import normalize_database_url
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.ingest.signing import sign_headers
+from webhook.replay.simulate import SimulationConfig, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -41,12 +41,12 @@ from sqlalchemy import create_engine, func, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from tests.service import Service, digest, rss_kib  # noqa: E402
-from webhook import migrate  # noqa: E402
-from webhook.config import normalize_database_url  # noqa: E402
-from webhook.db import make_engine  # noqa: E402
-from webhook.models import CallbackEvent  # noqa: E402
-from webhook.signing import sign_headers  # noqa: E402
-from webhook.simulate import SimulationConfig, simulate_message  # noqa: E402
+from webhook.core.settings import normalize_database_url  # noqa: E402
+from webhook.db import migrate  # noqa: E402
+from webhook.db.engine import make_engine  # noqa: E402
+from webhook.db.models import CallbackEvent  # noqa: E402
+from webhook.ingest.signing import sign_headers  # noqa: E402
+from webhook.replay.simulate import SimulationConfig, simulate_message  # noqa: E402
 
 SECRET = "soak-secret"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from webhook.config import Settings
-from webhook.db import make_engine
-from webhook.models import Base
+from webhook.core.settings import Settings
+from webhook.db.engine import make_engine
+from webhook.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

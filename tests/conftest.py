@@ -22,10 +22,11 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.helpers import SECRET
-from webhook import create_app, migrate
-from webhook.config import Settings, normalize_database_url
-from webhook.db import make_engine
-from webhook.models import Base
+from webhook import create_app
+from webhook.core.settings import Settings, normalize_database_url
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.db.models import Base
 
 BACKENDS = ("sqlite", "postgresql")
 DEFAULT_PG = "postgresql://127.0.0.1:5432/test"

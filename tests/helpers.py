@@ -11,7 +11,7 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from webhook.signing import sign_headers
+from webhook.ingest.signing import sign_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -38,7 +38,7 @@ def post_callback(client: FlaskClient, body: bytes, secret: str = SECRET, wait: 
 def project(target: Any) -> None:
     """Project every pending event now (an app or an engine): what a test that needs
     the typed rows waits for, with no sleep. Safe beside the app's projector thread."""
-    from webhook.projector import drain, wait_projected
+    from webhook.projection.projector import drain, wait_projected
 
     engine = target.extensions["webhook"].engine if hasattr(target, "extensions") else target
     drain(engine)
@@ -60,7 +60,7 @@ def rows(engine: Any, table: str, order_by: str = "id") -> list[dict[str, Any]]:
     """Every row of ``table`` as a dict (test inspection only)."""
     from sqlalchemy import select
 
-    from webhook.models import Base
+    from webhook.db.models import Base
 
     t = Base.metadata.tables[table]
     with engine.connect() as conn:

@@ -14,10 +14,12 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, text
 
 from tests.replay_helpers import snapshot
-from webhook.callbacks import detect_trigger, load_body
-from webhook.ingest import body_digest
-from webhook.models import CallbackEvent
-from webhook.projection import PENDING, PROJECTION_TABLES
+from webhook.db.events import PENDING
+from webhook.db.models import CallbackEvent
+from webhook.ingest.append import body_digest
+from webhook.ingest.body import load_body
+from webhook.ingest.parsers import detect_trigger
+from webhook.projection.rules import PROJECTION_TABLES
 
 START = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -41,7 +43,7 @@ def compact(doc: dict[str, Any]) -> bytes:
 
 
 def projection_snapshot(engine: Engine, by_digest: bool = False) -> dict[str, Any]:
-    """The rows of every projection table (webhook.projection.PROJECTION_TABLES)."""
+    """The rows of every projection table (webhook.projection.rules.PROJECTION_TABLES)."""
     return snapshot(engine, PROJECTION_TABLES, by_digest=by_digest)
 
 
@@ -69,7 +71,7 @@ def received_times(count: int) -> list[datetime]:
 
 
 def append_bulk(engine: Engine, bodies: Sequence[bytes], chunk: int = 2000) -> int:
-    """Store these bodies as pending events, as webhook.ingest.append stores each one
+    """Store these bodies as pending events, as webhook.ingest.append.append stores each one
     (same columns, same values), in a few multi-row INSERTs; how many were new.
 
     For tests that need thousands of pending events fast; duplicates are skipped.
@@ -100,7 +102,7 @@ def append_bulk(engine: Engine, bodies: Sequence[bytes], chunk: int = 2000) -> i
 def reprocess_every_event_args() -> list[str]:
     """`events reprocess` over every stored event: with `--all` where the command has
     it (it is being added), else with no filter (which selects every event today)."""
-    from webhook.replay_cli import reprocess_command
+    from webhook.replay.cli import reprocess_command
 
     has_all = any("--all" in p.opts for p in reprocess_command.params)
     return ["events", "reprocess", "--all"] if has_all else ["events", "reprocess"]

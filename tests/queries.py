@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select, text
 
-from webhook.models import Base
+from webhook.db.models import Base
 
 FUNNEL = text("""
     SELECT s.flow_id,

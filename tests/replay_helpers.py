@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import JSON, Engine, Text, cast, event, select, text
 
 from tests.helpers import FIXTURES
-from webhook.models import Base
-from webhook.projection import PROJECTION_TABLES
-from webhook.simulate import SimulationConfig, simulate
+from webhook.db.models import Base
+from webhook.projection.rules import PROJECTION_TABLES
+from webhook.replay.simulate import SimulationConfig, simulate
 
 SNAPSHOT_TABLES = ("callback_events", *PROJECTION_TABLES)
 

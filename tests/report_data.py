@@ -32,12 +32,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, insert
 
 from tests.helpers import SECRET, post_callback
-from webhook import create_app, migrate
-from webhook.callbacks import load_body
-from webhook.config import Settings
-from webhook.db import make_engine
-from webhook.models import FlowSend
-from webhook.projector import ingest
+from webhook import create_app
+from webhook.core.settings import Settings
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.db.models import FlowSend
+from webhook.ingest.body import load_body
+from webhook.projection.projector import ingest
 
 FLOW_A = "1000000000000001"
 FLOW_B = "2000000000000002"

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from webhook.signing import sign_headers
+from webhook.ingest.signing import sign_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"

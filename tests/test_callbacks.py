@@ -6,21 +6,18 @@ from datetime import UTC, datetime
 
 import pytest
 
-from webhook.callbacks import (
+from webhook.core.timeparse import ParseError, parse_time
+from webhook.ingest.body import InvalidBody, load_body
+from webhook.ingest.parsers import (
     TRIGGER_KEYS,
     TRIGGERS,
     UNKNOWN,
-    FlowResponseRecord,
-    InboundMessageRecord,
-    InvalidBody,
-    ParseError,
     detect_trigger,
-    load_body,
     normalize_identity,
     parse_callback,
     parse_flow_reply,
-    parse_time,
 )
+from webhook.ingest.records import FlowResponseRecord, InboundMessageRecord
 
 
 def test_all_21_documented_triggers() -> None:

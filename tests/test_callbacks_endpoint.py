@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
 from tests.helpers import FIXTURES, count, fixture_bytes, post_callback, rows, sign
-from webhook.callbacks import TRIGGERS
+from webhook.ingest.parsers import TRIGGERS
 
 ALL_FIXTURES = sorted(p.stem for p in FIXTURES.glob("*.json"))
 FLOW_MT = "01KKBFJYQPYQWF3VT0NDA4XKVD"
@@ -277,7 +277,7 @@ def test_unsigned_mode_accepts_and_warns(
 
 
 def test_stale_signature_refused_when_max_age_set(make_app: Any, engine: Engine) -> None:
-    from webhook.signing import sign_headers
+    from webhook.ingest.signing import sign_headers
 
     client = make_app(webhook_secrets=("s",), signature_max_age_seconds=300).test_client()
     body = fixture_bytes("message_inbound__text")

@@ -20,13 +20,13 @@ from sqlalchemy import Engine, select
 
 from tests.helpers import SECRET, count, fixture_bytes
 from tests.service import Sender, Service
-from webhook import migrate
-from webhook.callbacks import load_body
-from webhook.db import make_engine
-from webhook.ingest import DUPLICATE, STORED
-from webhook.models import Base
-from webhook.projector import IngestResult, ingest, wait_projected
-from webhook.simulate import SimulationConfig, simulate
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.db.models import Base
+from webhook.ingest.append import DUPLICATE, STORED
+from webhook.ingest.body import load_body
+from webhook.projection.projector import IngestResult, ingest, wait_projected
+from webhook.replay.simulate import SimulationConfig, simulate
 
 # Differ between two ingests of the same events by design (ids, wall-clock receive times).
 IGNORED_COLUMNS = {"id", "source_event_id", "received_at", "processed_at", "updated_at", "headers"}

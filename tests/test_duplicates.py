@@ -7,9 +7,9 @@ import threading
 from sqlalchemy import Engine
 
 from tests.helpers import count, fixture_bytes
-from webhook.callbacks import load_body
-from webhook.ingest import DUPLICATE, STORED
-from webhook.projector import IngestResult, ingest
+from webhook.ingest.append import DUPLICATE, STORED
+from webhook.ingest.body import load_body
+from webhook.projection.projector import IngestResult, ingest
 
 
 def test_same_body_from_many_threads_is_stored_once(engine: Engine) -> None:

@@ -16,10 +16,11 @@ from sqlalchemy import Engine, insert
 
 from tests.helpers import FIXTURES, project, rows
 from tests.queries import funnel, snapshot, status_counts, table_counts
-from webhook.callbacks import load_body, parse_callback
-from webhook.models import FlowExchange, FlowSend
-from webhook.redact import Redactor, normalize_number, pseudonym, redact_answers
-from webhook.simulate import SimulationConfig, simulate
+from webhook.db.models import FlowExchange, FlowSend
+from webhook.ingest.body import load_body
+from webhook.ingest.parsers import parse_callback
+from webhook.privacy.redact import Redactor, normalize_number, pseudonym, redact_answers
+from webhook.replay.simulate import SimulationConfig, simulate
 
 KEY = "test-erasure-key"
 ANA_NUMBER = "5511987654321"

@@ -24,11 +24,11 @@ from sqlalchemy.engine import make_url
 from tests.helpers import SECRET, rows
 from tests.service import Sender, Service, digest
 from tests.tcp_proxy import TcpProxy
-from webhook import migrate
-from webhook.db import make_engine
-from webhook.models import CallbackEvent
-from webhook.projector import wait_projected
-from webhook.simulate import SimulatedMessage, SimulationConfig, simulate
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.db.models import CallbackEvent
+from webhook.projection.projector import wait_projected
+from webhook.replay.simulate import SimulatedMessage, SimulationConfig, simulate
 
 pytestmark = pytest.mark.slow
 
@@ -227,10 +227,11 @@ def test_deadline_bounds_a_database_that_never_answers(
     new_database_url: Callable[[str], str],
 ) -> None:
     """In-process: a black-holed server costs the deadline plus connect_timeout, then 503."""
-    from webhook.callbacks import load_body
-    from webhook.db import CONNECT_TIMEOUT_SECONDS, StorageUnavailable
-    from webhook.deadline import clear_deadline, set_deadline
-    from webhook.projector import ingest
+    from webhook.db.deadline import clear_deadline, set_deadline
+    from webhook.db.engine import CONNECT_TIMEOUT_SECONDS
+    from webhook.db.errors import StorageUnavailable
+    from webhook.ingest.body import load_body
+    from webhook.projection.projector import ingest
 
     url = new_database_url("postgresql")
     direct = make_engine(url)

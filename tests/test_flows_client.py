@@ -22,7 +22,7 @@ from tests.sinch_stub import (
     running_stub,
     sinch_error,
 )
-from webhook.config import Settings
+from webhook.core.settings import Settings
 from webhook.flows.client import (
     ClientConfig,
     ConversationClient,

@@ -34,7 +34,7 @@ from tests.flows_helpers import (
 )
 from tests.helpers import SECRET, count, fixture_json, post_callback
 from webhook import create_app
-from webhook.config import ConfigError, Settings
+from webhook.core.settings import ConfigError, Settings
 from webhook.flows import crypto
 from webhook.flows.handlers import FlowRequest, NextScreen, Result
 from webhook.flows.recording import flush_all

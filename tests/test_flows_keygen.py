@@ -13,7 +13,7 @@ from flask import Flask
 
 from tests.flows_helpers import flows_settings, post_flow
 from webhook import create_app
-from webhook.config import Settings
+from webhook.core.settings import Settings
 from webhook.flows import crypto
 from webhook.flows.recording import flush_all
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.helpers import rows
-from webhook.db import make_engine
+from webhook.db.engine import make_engine
 from webhook.flows.recording import ExchangeRecorder
 
 

@@ -16,11 +16,11 @@ from werkzeug.serving import make_server
 from tests.helpers import SECRET, count, rows
 from tests.receiver import Answer, Receiver, running_receiver
 from tests.replay_helpers import relax_durability
-from webhook.callbacks import load_body
-from webhook.projector import ingest
-from webhook.signing import NONCE, verify
-from webhook.simulate import SimulationConfig, simulate
-from webhook.state import state
+from webhook.core.state import state
+from webhook.ingest.body import load_body
+from webhook.ingest.signing import NONCE, verify
+from webhook.projection.projector import ingest
+from webhook.replay.simulate import SimulationConfig, simulate
 
 FAST = ["--backoff", "0.01", "--timeout", "2"]
 

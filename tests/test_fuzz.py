@@ -30,23 +30,19 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text
 
 from tests.helpers import FIXTURES, SECRET, project, rows, sign
-from webhook.callbacks import (
+from webhook.core.timeparse import ParseError, parse_time
+from webhook.db.models import CallbackEvent
+from webhook.ingest.append import body_digest
+from webhook.ingest.body import InvalidBody, JSONError, load_body, loads_json
+from webhook.ingest.parsers import (
     PARSERS,
     TRIGGER_KEYS,
-    InvalidBody,
-    JSONError,
-    ParsedCallback,
-    ParseError,
-    load_body,
-    loads_json,
     parse_callback,
     parse_envelope,
     parse_flow_reply,
-    parse_time,
 )
-from webhook.ingest import body_digest
-from webhook.models import CallbackEvent
-from webhook.simulate import SimulationConfig, simulate
+from webhook.ingest.records import ParsedCallback
+from webhook.replay.simulate import SimulationConfig, simulate
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "400"))
 FUZZ = settings(

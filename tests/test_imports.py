@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 SERVE = """
 import json, sys
-from webhook.signing import sign_headers
+from webhook.ingest.signing import sign_headers
 import wsgi
 
 client = wsgi.app.test_client()
@@ -50,11 +50,11 @@ NEVER = (
     "httpx",
     "tenacity",
     "webhook.flows.client",
-    "webhook.forward",
-    "webhook.replay_cli",
+    "webhook.replay.forward",
+    "webhook.replay.cli",
     "webhook.rebuild",
-    "webhook.report_cli",
-    "webhook.reports",
+    "webhook.reports.cli",
+    "webhook.reports.queries",
 )
 
 

@@ -13,9 +13,9 @@ from flask import Flask
 from sqlalchemy import Engine
 
 from tests.helpers import FIXTURES, SECRET, fixture_bytes, sign
-from webhook.config import ConfigError
-from webhook.logs import JsonFormatter, TextFormatter, configure_logging, pick_format
-from webhook.observe import record_flow_exchange
+from webhook.core.logs import JsonFormatter, TextFormatter, configure_logging, pick_format
+from webhook.core.settings import ConfigError
+from webhook.http.observe import record_flow_exchange
 
 CALLBACK_KEYS = {"ts", "level", "logger", "msg", "request_id", "trigger", "outcome", "status",
                  "event_id", "http_status", "duration_ms"}  # fmt: skip

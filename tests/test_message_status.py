@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.helpers import count, rows
-from webhook.callbacks import load_body
-from webhook.projector import ingest
+from webhook.ingest.body import load_body
+from webhook.projection.projector import ingest
 
 MID = "01KKBFJYQPYQWF3VT0NDA4XKVD"
 TIMES = {

@@ -22,13 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from tests.helpers import ROOT, SECRET, fixture_bytes, post_callback, project, sign
-from webhook import migrate
-from webhook.callbacks import load_body
-from webhook.db import make_engine
-from webhook.ingest import append
-from webhook.metrics import observe_flow_exchange
-from webhook.projector import ingest
-from webhook.simulate import SimulationConfig, simulate
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.http.metrics import observe_flow_exchange
+from webhook.ingest.append import append
+from webhook.ingest.body import load_body
+from webhook.projection.projector import ingest
+from webhook.replay.simulate import SimulationConfig, simulate
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

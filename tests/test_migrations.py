@@ -10,9 +10,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, exc, inspect, text
 
-from webhook import migrate
-from webhook.db import make_engine
-from webhook.models import Base
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.db.models import Base
 
 
 def alembic_current(engine: Engine) -> str | None:
@@ -63,7 +63,7 @@ def test_flask_db_commands(runner_on_empty: Callable[[], object]) -> None:
 
 def test_flask_db_upgrade_unreachable_database_is_one_line() -> None:
     from webhook import create_app
-    from webhook.config import Settings
+    from webhook.core.settings import Settings
 
     app = create_app(Settings(database_url="postgresql+psycopg://127.0.0.1:1/none"))
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])

@@ -1,4 +1,4 @@
-"""The projection rules (webhook.projection): every column named, and each rule
+"""The projection rules (webhook.projection.rules): every column named, and each rule
 commutative, associative and idempotent, so projection does not depend on order."""
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
 from tests.helpers import FIXTURES
-from webhook.callbacks import DeliveryReportRecord, load_body, parse_callback
-from webhook.models import Base, MessageStatus
-from webhook.projection import (
+from webhook.db.models import Base, MessageStatus
+from webhook.ingest.body import load_body
+from webhook.ingest.parsers import parse_callback
+from webhook.ingest.records import DeliveryReportRecord
+from webhook.projection.projector import write_rows
+from webhook.projection.rules import (
     FLOW_SENDS,
     PROJECTION_TABLES,
     STATUS,
@@ -28,7 +31,6 @@ from webhook.projection import (
     row_of,
     status_of_report,
 )
-from webhook.projector import write_rows
 
 # Columns only our own sender fills in; a MESSAGE_SUBMIT never names them.
 SENDER_ONLY = {"error", "request_body", "sent_at"}

@@ -1,4 +1,4 @@
-"""The projector (webhook.projector): append, then project.
+"""The projector (webhook.projection.projector): append, then project.
 
 - Any stream of callbacks (fixtures, delivery reports for a few messages with random
   statuses and times, duplicates, broken bodies, in any order), posted over HTTP and
@@ -51,15 +51,16 @@ from tests.projector_helpers import (
 )
 from tests.replay_helpers import relax_durability, varied_stream
 from tests.service import Sender, Service
-from webhook import migrate
-from webhook.callbacks import load_body
-from webhook.db import make_engine
-from webhook.ingest import append, body_digest
-from webhook.projection import FAILED, IGNORED, PENDING, PROCESSED, PROJECTION_TABLES
-from webhook.projector import drain, wait_projected
-from webhook.replay import rebuild
-from webhook.simulate import SimulationConfig, simulate
-from webhook.state import state
+from webhook.core.state import state
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.db.events import FAILED, IGNORED, PENDING, PROCESSED
+from webhook.ingest.append import append, body_digest
+from webhook.ingest.body import load_body
+from webhook.projection.projector import drain, wait_projected
+from webhook.projection.rules import PROJECTION_TABLES
+from webhook.replay.replays import rebuild
+from webhook.replay.simulate import SimulationConfig, simulate
 
 FINAL = {PROCESSED, IGNORED, FAILED}
 # What `flask events project` prints last.

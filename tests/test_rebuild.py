@@ -12,15 +12,15 @@ from sqlalchemy import Engine, text, update
 
 from tests.helpers import count, post_callback, rows
 from tests.replay_helpers import relax_durability, snapshot, varied_config, varied_stream
-from webhook.callbacks import load_body
+from webhook.core.state import state
+from webhook.db.models import MessageStatus
 from webhook.flows.message import SendRequest
 from webhook.flows.sending import record_send
-from webhook.models import MessageStatus
-from webhook.projection import PROJECTION_TABLES
-from webhook.projector import ingest
-from webhook.replay import rebuild
-from webhook.simulate import SimulatedMessage, SimulationConfig, simulate
-from webhook.state import state
+from webhook.ingest.body import load_body
+from webhook.projection.projector import ingest
+from webhook.projection.rules import PROJECTION_TABLES
+from webhook.replay.replays import rebuild
+from webhook.replay.simulate import SimulatedMessage, SimulationConfig, simulate
 
 
 @pytest.fixture

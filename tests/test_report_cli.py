@@ -15,8 +15,8 @@ from flask.testing import FlaskCliRunner
 
 from tests import report_data as data
 from webhook import create_app
-from webhook.config import Settings
-from webhook.report_cli import make_window, parse_when
+from webhook.core.settings import Settings
+from webhook.reports.cli import make_window, parse_when
 
 WINDOW = ["--since", "2026-03-01", "--until", "2026-03-04"]
 

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from tests import report_data as data
 from tests.helpers import ROOT
-from webhook.db import make_engine
+from webhook.db.engine import make_engine
 
 GUIDE = (ROOT / "docs" / "reporting.md").read_text()
 EXAMPLE_FLOW = "1187345529063321"

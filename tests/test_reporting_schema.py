@@ -10,9 +10,9 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, inspect, text
 
-from webhook import migrate
-from webhook.db import make_engine
-from webhook.models import Base
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.db.models import Base
 
 VIEWS = {"flow_funnel", "flow_funnel_daily", "flow_completions", "delivery_failures",
          "message_timeline"}  # fmt: skip

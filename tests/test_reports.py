@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import Boolean, Connection, Engine, Float, bindparam, text
 
 from tests import report_data as data
-from webhook import reports
-from webhook.db import make_engine
-from webhook.models import JSONType, UTCDateTime
+from webhook.db.engine import make_engine
+from webhook.db.models import JSONType, UTCDateTime
+from webhook.reports import queries as reports
 
 WINDOW = reports.Window(data.SINCE, data.UNTIL)
 

@@ -14,14 +14,16 @@ from sqlalchemy import Engine, text, update
 
 from tests.helpers import count, rows
 from tests.replay_helpers import awkward_bodies, relax_durability, snapshot
-from webhook import callbacks
-from webhook.callbacks import Envelope, ParseError, Record, load_body
-from webhook.events_query import EventFilter
-from webhook.models import CallbackEvent
-from webhook.projection import PROJECTION_TABLES
-from webhook.projector import ingest
-from webhook.replay import rebuild, reprocess
-from webhook.simulate import SimulationConfig, simulate
+from webhook.core.timeparse import ParseError
+from webhook.db.events import EventFilter
+from webhook.db.models import CallbackEvent
+from webhook.ingest import parsers as callbacks
+from webhook.ingest.body import load_body
+from webhook.ingest.records import Envelope, Record
+from webhook.projection.projector import ingest
+from webhook.projection.rules import PROJECTION_TABLES
+from webhook.replay.replays import rebuild, reprocess
+from webhook.replay.simulate import SimulationConfig, simulate
 
 Parser = Callable[[Mapping[str, Any], Envelope], tuple[Record, ...]]
 

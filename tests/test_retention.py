@@ -10,8 +10,8 @@ from sqlalchemy import Engine, update
 
 from tests.helpers import count, post_callback, rows
 from tests.queries import funnel, snapshot, status_counts
-from webhook.models import CallbackEvent
-from webhook.simulate import SimulationConfig, simulate
+from webhook.db.models import CallbackEvent
+from webhook.replay.simulate import SimulationConfig, simulate
 
 NOW = datetime.now(UTC)
 

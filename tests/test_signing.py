@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.helpers import SPEC
-from webhook.signing import SignatureError, compute_signature, sign_headers, verify
+from webhook.ingest.signing import SignatureError, compute_signature, sign_headers, verify
 
 VECTOR = json.loads((SPEC / "sinch-signing-vector.json").read_text())
 BODY = base64.b64decode(VECTOR["body_base64"])

@@ -7,9 +7,10 @@ from collections import Counter
 from sqlalchemy import Engine
 
 from tests.helpers import count, rows
-from webhook.callbacks import load_body, parse_callback
-from webhook.projector import ingest
-from webhook.simulate import SimulationConfig, simulate
+from webhook.ingest.body import load_body
+from webhook.ingest.parsers import parse_callback
+from webhook.projection.projector import ingest
+from webhook.replay.simulate import SimulationConfig, simulate
 
 
 def test_same_seed_same_bytes() -> None:

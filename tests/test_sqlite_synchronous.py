@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import text
 
-from webhook.config import ConfigError, Settings
-from webhook.db import make_engine
+from webhook.core.settings import ConfigError, Settings
+from webhook.db.engine import make_engine
 
 
 def test_setting_defaults_to_full_and_refuses_other_values() -> None:

@@ -16,14 +16,14 @@ from sqlalchemy import Engine, insert
 
 from tests.helpers import FIXTURES, count, rows
 from tests.replay_helpers import awkward_bodies, relax_durability, snapshot
-from webhook import migrate
-from webhook.callbacks import load_body
-from webhook.db import make_engine
-from webhook.models import CallbackEvent
-from webhook.projector import ingest
-from webhook.simulate import SimulationConfig, simulate
-from webhook.state import state
-from webhook.transfer import export_item
+from webhook.core.state import state
+from webhook.db import migrate
+from webhook.db.engine import make_engine
+from webhook.db.models import CallbackEvent
+from webhook.ingest.body import load_body
+from webhook.projection.projector import ingest
+from webhook.replay.simulate import SimulationConfig, simulate
+from webhook.replay.transfer import export_item
 
 
 def some_callbacks() -> list[bytes]:

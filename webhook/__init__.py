@@ -10,12 +10,12 @@ from typing import Any
 import click
 from flask import Flask
 
-from webhook.config import Settings
-from webhook.db import make_engine
-from webhook.errors import register_error_handlers
-from webhook.logs import configure_logging
-from webhook.migrate import head_revision
-from webhook.state import EXTENSION_KEY, AppState
+from webhook.core.logs import configure_logging
+from webhook.core.settings import Settings
+from webhook.core.state import EXTENSION_KEY, AppState
+from webhook.db.engine import make_engine
+from webhook.db.migrate import head_revision
+from webhook.http.errors import register_error_handlers
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ def create_app(settings: Settings | None = None, config: Mapping[str, Any] | Non
     )
     app_state = app.extensions[EXTENSION_KEY] = AppState(settings, engine, head_revision())
 
-    from webhook import cli, metrics, observe, routes
+    from webhook.core import cli
     from webhook.flows import endpoint as flows_endpoint
+    from webhook.http import metrics, observe, routes
 
     app.register_blueprint(routes.bp)
     app.register_blueprint(metrics.bp)
@@ -59,8 +60,8 @@ def create_app(settings: Settings | None = None, config: Mapping[str, Any] | Non
 
 def _start_projector(app_state: AppState) -> None:
     """Project in a thread of this process, woken after each committed append."""
-    from webhook.ingest import on_append
-    from webhook.projector import projector_thread
+    from webhook.ingest.append import on_append
+    from webhook.projection.projector import projector_thread
 
     thread = projector_thread(app_state.engine)
     on_append(app_state.engine, thread.notify)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import webhook.models
+import webhook.db.models
 
 revision: str = "0001_core"
 down_revision: str | None = None
@@ -36,17 +36,17 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=True,
         ),
-        sa.Column("received_at", webhook.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", webhook.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("trigger", sa.String(length=64), nullable=False),
         sa.Column("app_id", sa.String(length=64), nullable=True),
         sa.Column("project_id", sa.String(length=64), nullable=True),
-        sa.Column("event_time", webhook.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("event_time", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("correlation_id", sa.String(length=128), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
-        sa.Column("processed_at", webhook.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("pruned_at", webhook.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("erased_at", webhook.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("processed_at", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("pruned_at", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("erased_at", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_callback_events")),
         sa.UniqueConstraint("body_sha256", name=op.f("uq_callback_events_body_sha256")),
     )
@@ -65,7 +65,7 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column("requested_at", webhook.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("requested_at", webhook.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("key_kind", sa.String(length=16), nullable=False),
         sa.Column("key_hash", sa.String(length=64), nullable=False),
         sa.Column(
@@ -95,7 +95,7 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=True,
         ),
-        sa.Column("received_at", webhook.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("received_at", webhook.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_flow_exchanges")),
     )
     with op.batch_alter_table("flow_exchanges", schema=None) as batch_op:
@@ -107,16 +107,16 @@ def upgrade() -> None:
         sa.Column("message_id", sa.String(length=64), nullable=False),
         sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column("status_rank", sa.Integer(), nullable=False),
-        sa.Column("queued_at", webhook.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("switching_at", webhook.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("delivered_at", webhook.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("read_at", webhook.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("failed_at", webhook.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("queued_at", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("switching_at", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("delivered_at", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("read_at", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("failed_at", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("failed_after_delivery", sa.Boolean(), nullable=False),
         sa.Column("reason_code", sa.String(length=64), nullable=True),
         sa.Column("contact_id", sa.String(length=64), nullable=True),
         sa.Column("conversation_id", sa.String(length=64), nullable=True),
-        sa.Column("updated_at", webhook.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", webhook.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("message_id", name=op.f("pk_message_status")),
     )
     with op.batch_alter_table("message_status", schema=None) as batch_op:
@@ -144,8 +144,8 @@ def upgrade() -> None:
         sa.Column("channel_code", sa.String(length=64), nullable=True),
         sa.Column("metadata_text", sa.Text(), nullable=True),
         sa.Column("processing_mode", sa.String(length=16), nullable=True),
-        sa.Column("event_time", webhook.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("received_at", webhook.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("event_time", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("received_at", webhook.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column(
             "source_event_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
@@ -194,7 +194,7 @@ def upgrade() -> None:
         ),
         sa.Column("response_raw", sa.Text(), nullable=True),
         sa.Column("parse_error", sa.Text(), nullable=True),
-        sa.Column("completed_at", webhook.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("completed_at", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
             "source_event_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
@@ -243,8 +243,8 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=True,
         ),
-        sa.Column("sent_at", webhook.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("submitted_at", webhook.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("sent_at", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("submitted_at", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
             "source_event_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
@@ -284,7 +284,7 @@ def upgrade() -> None:
         sa.Column("metadata_text", sa.Text(), nullable=True),
         sa.Column("sender_id", sa.String(length=128), nullable=True),
         sa.Column("processing_mode", sa.String(length=16), nullable=True),
-        sa.Column("accept_time", webhook.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("accept_time", webhook.db.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
             "source_event_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),

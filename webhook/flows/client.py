@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 import tenacity
 
-from webhook.config import Settings
+from webhook.core.settings import Settings
 
 REGIONS = ("us", "eu", "br")
 DEFAULT_AUTH_URL = "https://auth.sinch.com/oauth2/token"

@@ -20,8 +20,9 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy import Engine, exists, select
 
-from webhook.config import ConfigError, Settings
-from webhook.errors import error_response
+from webhook.core.settings import ConfigError, Settings
+from webhook.core.state import state
+from webhook.db.models import FlowExchange, FlowResponse, FlowSend
 from webhook.flows.handlers import (
     PING,
     FlowRequest,
@@ -33,9 +34,8 @@ from webhook.flows.handlers import (
     response_payload,
 )
 from webhook.flows.recording import ExchangeRecorder
-from webhook.models import FlowExchange, FlowResponse, FlowSend
-from webhook.observe import record_flow_exchange
-from webhook.state import state
+from webhook.http.errors import error_response
+from webhook.http.observe import record_flow_exchange
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey

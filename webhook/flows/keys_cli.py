@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from webhook.cli import flows
+from webhook.core.cli import flows
 from webhook.flows.crypto import generate_key_pair
 
 MIN_PASSPHRASE = 8

@@ -21,8 +21,8 @@ from typing import Any
 
 from sqlalchemy import Engine, insert
 
-from webhook.db import UNAVAILABLE_ERRORS
-from webhook.models import FlowExchange
+from webhook.db.errors import UNAVAILABLE_ERRORS
+from webhook.db.models import FlowExchange
 
 log = logging.getLogger(__name__)
 

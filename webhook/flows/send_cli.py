@@ -11,7 +11,8 @@ from typing import IO, Any
 import click
 from sqlalchemy import Engine, exc
 
-from webhook.cli import flows
+from webhook.core.cli import flows
+from webhook.core.state import state
 from webhook.flows.batch import CsvError, CsvRow, Pacer, read_rows
 from webhook.flows.client import ClientConfig, ConversationClient, SinchAuthError, SinchError
 from webhook.flows.message import FlowMessage, Problem, SendRequest, build_request, validate
@@ -26,7 +27,6 @@ from webhook.flows.sending import (
     send_flow,
     tokens_in_use,
 )
-from webhook.state import state
 
 # Payload field -> the option that sets it, so a problem names what to change.
 OPTION_OF = {

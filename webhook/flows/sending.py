@@ -21,7 +21,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, and_, case, exists, func, or_, select
 
-from webhook.db import upsert_insert
+from webhook.db.engine import upsert_insert
+from webhook.db.models import FlowResponse, FlowSend, MessageStatus
 from webhook.flows.client import (
     ConversationClient,
     SinchOutcomeUnknown,
@@ -29,7 +30,6 @@ from webhook.flows.client import (
     SinchUnavailable,
 )
 from webhook.flows.message import SendRequest
-from webhook.models import FlowResponse, FlowSend, MessageStatus
 
 ACCEPTED, REJECTED, FAILED, UNKNOWN = "accepted", "rejected", "failed", "unknown"
 # A token on a row with one of these statuses never reached a user, so it may be used again.

@@ -1,0 +1,42 @@
+"""Telling a database that is gone from one that refuses some rows, and describing
+database errors in one line without their SQL parameters."""
+
+from __future__ import annotations
+
+import sys
+
+from sqlalchemy import exc
+
+from webhook.core.errors import StorageUnavailable
+
+__all__ = ["UNAVAILABLE_ERRORS", "StorageUnavailable", "describe_error", "is_unavailable"]
+
+# Errors that mean "the database is not there right now", as opposed to "this row is bad".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.DisconnectionError,
+    exc.TimeoutError,
+    exc.ResourceClosedError,
+)
+
+
+def is_unavailable(err: BaseException) -> bool:
+    """The database is gone (stop, retry later), as opposed to refusing some rows.
+
+    Code that talks to psycopg directly (COPY, binary reads) sees its errors unwrapped.
+    """
+    if isinstance(err, UNAVAILABLE_ERRORS):
+        return True
+    psycopg = sys.modules.get("psycopg")  # never imported on SQLite just to ask
+    return psycopg is not None and isinstance(
+        err, psycopg.OperationalError | psycopg.InterfaceError
+    )
+
+
+def describe_error(err: BaseException) -> str:
+    """One line naming an error, never its SQL parameters (they may hold personal data)."""
+    orig = getattr(err, "orig", None) or err
+    first_line = (str(orig).strip().splitlines() or [""])[0]
+    # PostgreSQL text cannot hold NUL; the error must be storable whatever caused it.
+    return f"{type(orig).__name__}: {first_line}"[:500].replace("\x00", "")

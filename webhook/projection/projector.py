@@ -1,0 +1,520 @@
+"""The projector: folds stored callback events into the typed tables.
+
+The endpoint only appends events (status ``pending``, webhook.ingest.append). This module
+is the one writer of the projection tables for callbacks. Live projection, `flask
+events project`, reprocess and rebuild all come here:
+
+    claim a batch of events -> parse each (webhook.projection.rules, pure)
+    -> fold the batch per key in Python (one rule per table)
+    -> lock the keys whose rows are merged, read those rows, merge
+    -> one multi-row upsert per table (SQLAlchemy Core, insertmanyvalues)
+    -> set each event's status (processed, ignored, failed) -> COMMIT
+
+Claiming: on PostgreSQL ``FOR UPDATE SKIP LOCKED``, so any number of projectors on
+any number of hosts share the pending events, each projected once. Rows merged
+across events (flow_sends, message_status) are read and written under transaction
+advisory locks on their keys, taken in sorted order. On SQLite one projector runs at
+a time (an flock on ``<db>-projector``), and it parses before taking the write lock.
+
+A batch the database refuses is rolled back to a savepoint and projected event by
+event; an event that still fails is marked ``failed`` with the error (and if even
+that is refused, stored bare: status and error only). A database that is gone
+raises (is_unavailable): nothing of the batch is committed and its events stay
+pending, so a kill -9 at any point loses nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+
+from webhook.db.engine import upsert_insert, write_lock
+from webhook.db.errors import describe_error, is_unavailable
+from webhook.db.events import EVENTS, FAILED, IGNORED, PENDING, PROCESSED, EventFields, read_batch
+from webhook.db.models import Base
+from webhook.ingest.append import append
+from webhook.projection.rules import (
+    FILL,
+    FIRST_WINS,
+    FLOW_SENDS,
+    LATTICE,
+    PROJECTIONS,
+    STATUS,
+    STATUS_COLUMNS,
+    Folded,
+    Parsed,
+    StatusRow,
+    columns_of,
+    failed,
+    fold,
+    merge_send,
+    merge_status,
+    parse_event,
+)
+
+log = logging.getLogger(__name__)
+
+TABLES: dict[str, Table] = {p.table: Base.metadata.tables[p.table] for p in PROJECTIONS}
+# Events one live projection transaction takes at most.
+BATCH_SIZE = 500
+_CHUNK = 1000  # keys per IN (...) when reading rows to merge
+_NO_END = 2**62  # no upper bound on event ids
+
+
+# ---------------------------------------------------------------- writing a batch
+
+
+def project(conn: Connection, events: Sequence[Parsed]) -> list[Parsed]:
+    """Write the rows of these parsed events and set their statuses; never commits.
+
+    Returns each event as finally stored (a refused one marked failed). Raises only
+    when the database is unavailable (nothing of the batch is then kept).
+    """
+    if not events:
+        return []
+    try:
+        with conn.begin_nested():
+            write_rows(conn, fold(events))
+            set_statuses(conn, events)
+        return list(events)
+    except Exception as err:
+        if is_unavailable(err):
+            raise
+    return [_project_alone(conn, event) for event in events]
+
+
+def _project_alone(conn: Connection, event: Parsed) -> Parsed:
+    """One event in its own savepoint; failed (or failed and bare) if refused."""
+    try:
+        with conn.begin_nested():
+            write_rows(conn, fold([event]))
+            set_statuses(conn, [event])
+        return event
+    except Exception as err:
+        if is_unavailable(err):
+            raise
+        event = failed(event, f"projection failed: {describe_error(err)}")
+    try:
+        with conn.begin_nested():
+            set_statuses(conn, [event])
+        return event
+    except Exception as err:
+        if is_unavailable(err):
+            raise
+    # The database refuses even the envelope fields (say NUL in app_id): store it bare.
+    f = event.fields
+    event = event._replace(fields=EventFields(f.trigger, f.status, f.error, *([None] * 4)))
+    with conn.begin_nested():
+        set_statuses(conn, [event])
+    return event
+
+
+def write_rows(conn: Connection, folded: Folded) -> None:
+    """Merge a folded batch into the tables: one upsert per table."""
+    pg = conn.dialect.name == "postgresql"
+    merged_keys = [f"{STATUS}:{m}" for m in folded.statuses]
+    merged_keys += [f"{FLOW_SENDS}:{k[0]}" for k in folded.rows[FLOW_SENDS]]
+    if pg and merged_keys:
+        _lock_keys(conn, merged_keys)
+    for p in PROJECTIONS:
+        if p.rule == FIRST_WINS:
+            rows = [folded.rows[p.table][k] for k in sorted(folded.rows[p.table], key=_sortable)]
+            upsert_rows(conn, p.table, rows, first_wins=True)
+        elif p.rule == FILL:
+            _write_sends(conn, folded.rows[p.table])
+        elif p.rule == LATTICE:
+            _write_statuses(conn, folded.statuses)
+
+
+def _sortable(key: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple("" if part is None else str(part) for part in key)
+
+
+def _lock_keys(conn: Connection, keys: Iterable[str]) -> None:
+    """Transaction advisory locks on these keys, in one order for every projector."""
+    ids = sorted({_lock_id(k) for k in keys})
+    conn.execute(
+        text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS BIGINT[])) AS k"),
+        {"ids": ids},
+    )
+
+
+def _lock_id(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _write_sends(conn: Connection, rows: dict[tuple[Any, ...], dict[str, Any]]) -> None:
+    if not rows:
+        return
+    t = TABLES[FLOW_SENDS]
+    ids = sorted(k[0] for k in rows)
+    existing: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), _CHUNK):
+        query = select(t).where(t.c.message_id.in_(ids[start : start + _CHUNK]))
+        existing.update((r.message_id, dict(r._mapping)) for r in conn.execute(query))
+    cols = columns_of(FLOW_SENDS)
+    out = []
+    for mid in ids:
+        row, have = rows[(mid,)], existing.get(mid)
+        if have is not None:
+            row = merge_send(have, row)
+            if all(row[c] == have[c] for c in cols):
+                continue
+        out.append({c: row[c] for c in cols})
+    upsert_rows(conn, FLOW_SENDS, out)
+
+
+def _write_statuses(conn: Connection, statuses: dict[str, StatusRow]) -> None:
+    if not statuses:
+        return
+    t = TABLES[STATUS]
+    ids = sorted(statuses)
+    existing: dict[str, StatusRow] = {}
+    for start in range(0, len(ids), _CHUNK):
+        query = select(*(t.c[c] for c in STATUS_COLUMNS)).where(
+            t.c.message_id.in_(ids[start : start + _CHUNK])
+        )
+        existing.update((r.message_id, StatusRow(*r)) for r in conn.execute(query))
+    out = []
+    for mid in ids:
+        have = existing.get(mid)
+        row = merge_status(have, statuses[mid])
+        if row != have:
+            out.append(row._asdict())
+    upsert_rows(conn, STATUS, out)
+
+
+_UPSERTS: dict[tuple[str, str, bool], Any] = {}
+
+
+def upsert_rows(
+    conn: Connection, table: str, rows: list[dict[str, Any]], first_wins: bool = False
+) -> None:
+    """INSERT ... ON CONFLICT (key) DO UPDATE, every row in one executemany.
+
+    SQLAlchemy's insertmanyvalues sends the rows as multi-row VALUES statements (1000
+    rows each). First-wins tables replace a row only with one from a lower or equal
+    event id, and never a row whose source event is gone (NULL): the lowest event id
+    holding a key keeps it, whatever order events are projected in.
+    """
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    stmt = _UPSERTS.get((dialect, table, first_wins))
+    if stmt is None:
+        stmt = _UPSERTS[(dialect, table, first_wins)] = _upsert_statement(
+            dialect, table, first_wins
+        )
+    conn.execute(stmt, rows)
+
+
+def _upsert_statement(dialect: str, table: str, first_wins: bool) -> Any:
+    t = TABLES[table]
+    stmt = upsert_insert(dialect, t)
+    key = next(p.key for p in PROJECTIONS if p.table == table)
+    x = stmt.excluded
+    set_ = {c: x[c] for c in columns_of(table) if c not in key}
+    where = None
+    if first_wins:
+        where = and_(
+            t.c.source_event_id.is_not(None),
+            x.source_event_id.is_not(None),
+            x.source_event_id <= t.c.source_event_id,
+        )
+    pk = t.primary_key.columns.values()[0]
+    return stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=where).returning(
+        pk
+    )
+
+
+def set_statuses(conn: Connection, events: Sequence[Parsed]) -> None:
+    """Store each event's status, error and envelope fields where they changed."""
+    now = datetime.now(UTC)
+    params = [
+        {**{f"b_{k}": v for k, v in e.fields._asdict().items()}, "b_id": e.id, "b_at": now}
+        for e in events
+        if e.fields != e.before
+    ]
+    if params:
+        conn.execute(_STATUS_UPDATE, params)
+
+
+_STATUS_UPDATE = (
+    update(EVENTS)
+    .where(EVENTS.c.id == bindparam("b_id"))
+    .values(
+        {**{n: bindparam(f"b_{n}") for n in EventFields._fields}, "processed_at": bindparam("b_at")}
+    )
+)
+
+
+# ---------------------------------------------------------------- claiming pending events
+
+
+@dataclass
+class Progress:
+    """What projection did: events by final status."""
+
+    processed: int = 0
+    ignored: int = 0
+    failed: int = 0
+
+    @property
+    def events(self) -> int:
+        return self.processed + self.ignored + self.failed
+
+    def note(self, events: Iterable[Parsed]) -> None:
+        for e in events:
+            status = e.fields.status
+            self.processed += status == PROCESSED
+            self.ignored += status == IGNORED
+            self.failed += status == FAILED
+
+    def add(self, other: Progress) -> None:
+        self.processed += other.processed
+        self.ignored += other.ignored
+        self.failed += other.failed
+
+    def as_fields(self) -> dict[str, int]:
+        return {"processed": self.processed, "ignored": self.ignored, "failed": self.failed}
+
+
+Listener = Callable[[list[Parsed]], None]
+_listeners: list[Listener] = []
+
+
+def on_projected(listener: Listener) -> None:
+    """Call ``listener`` with every committed batch (metrics and logs hook in here)."""
+    _listeners.append(listener)
+
+
+def project_pending(engine: Engine, limit: int = BATCH_SIZE) -> list[Parsed]:
+    """Claim up to ``limit`` pending events, project them, commit; the events projected."""
+    return _project_where(engine, EVENTS.c.status == PENDING, limit)
+
+
+def _project_where(
+    engine: Engine, where: Any, limit: int, lock: bool | str = "skip"
+) -> list[Parsed]:
+    if engine.dialect.name == "sqlite":
+        with _one_projector(engine):
+            with engine.connect() as conn:
+                conn.execution_options(sqlite_begin="DEFERRED")  # a read: no write lock
+                with conn.begin():
+                    events = read_batch(conn, where, 0, _NO_END, limit)
+            parsed = [parse_event(e) for e in events]
+            if not parsed:
+                return []
+            with write_lock(engine), engine.begin() as conn:
+                done = project(conn, parsed)
+    else:
+        with engine.begin() as conn:
+            events = read_batch(conn, where, 0, _NO_END, limit, lock=lock)
+            if not events:
+                return []
+            done = project(conn, [parse_event(e) for e in events])
+    for event in done:
+        if event.fields.status == FAILED:
+            fields = {"event_id": event.id, "trigger": event.fields.trigger}
+            log.warning("event %s could not be projected: %s", event.id, event.fields.error,
+                        extra={"fields": fields})  # fmt: skip
+    log.debug("projected %s events", len(done))
+    for listener in _listeners:
+        listener(done)
+    return done
+
+
+def drain(engine: Engine, limit: int = BATCH_SIZE) -> Progress:
+    """Project every pending event (batch after batch) until none is left."""
+    progress = Progress()
+    while batch := project_pending(engine, limit):
+        progress.note(batch)
+    return progress
+
+
+_projector_fds: dict[str, int] = {}
+_projector_lock = threading.Lock()
+
+
+@contextmanager
+def _one_projector(engine: Engine) -> Iterator[None]:
+    """SQLite: one projector at a time across threads and processes (flock)."""
+    path = make_url(str(engine.url)).database
+    if not path or path == ":memory:":
+        with _projector_lock:
+            yield
+        return
+    with _projector_lock:
+        fd = _projector_fds.get(path)
+        if fd is None:
+            fd = _projector_fds[path] = os.open(f"{path}-projector", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def pending_summary(conn: Connection) -> tuple[int, datetime | None]:
+    """How many events are pending, and when the oldest was received."""
+    c = EVENTS.c
+    count, oldest = conn.execute(
+        select(func.count(), func.min(c.received_at)).where(c.status == PENDING)
+    ).one()
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    return int(count), oldest
+
+
+# ---------------------------------------------------------------- the background thread
+
+
+class ProjectorThread:
+    """Projects pending events in the background of a serving process.
+
+    Woken by ``notify`` after each committed append, and every ``poll_seconds`` in any
+    case (events appended by other processes, or left pending by a crash). A database
+    outage is logged once and retried with a growing pause, up to ``max_pause``.
+    """
+
+    def __init__(self, engine: Engine, poll_seconds: float = 1.0, max_pause: float = 5.0,
+                 batch_size: int = BATCH_SIZE) -> None:  # fmt: skip
+        self.engine = engine
+        self.poll_seconds = poll_seconds
+        self.max_pause = max_pause
+        self.batch_size = batch_size
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def start(self) -> None:
+        """Start the thread (again, after a fork: threads do not survive one)."""
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="projector", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        pause = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(pause or self.poll_seconds)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                while not self._stop.is_set() and project_pending(self.engine, self.batch_size):
+                    pass
+            except Exception as err:
+                if pause:  # already said: one line per outage, not one per retry
+                    pass
+                elif is_unavailable(err):
+                    log.warning("projector: database unavailable (%s); retrying",
+                                describe_error(err))  # fmt: skip
+                else:
+                    log.error("projector: %s; retrying", describe_error(err), exc_info=True)
+                pause = min(max(pause * 2, 0.1), self.max_pause)
+            else:
+                pause = 0.0
+
+
+_threads: weakref.WeakKeyDictionary[Engine, ProjectorThread] = weakref.WeakKeyDictionary()
+_threads_lock = threading.Lock()
+
+
+def projector_thread(engine: Engine) -> ProjectorThread:
+    """The ProjectorThread of ``engine`` in this process (not started)."""
+    with _threads_lock:
+        found = _threads.get(engine)
+        if found is None:
+            found = _threads[engine] = ProjectorThread(engine)
+        return found
+
+
+def wait_projected(engine: Engine, timeout: float = 30.0) -> None:
+    """Block until no event is pending (for tests and scripts; polls the database)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as conn:
+            if pending_summary(conn)[0] == 0:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"events still pending after {timeout} s")
+        time.sleep(0.02)
+
+
+def project_ids(engine: Engine, ids: Sequence[int]) -> list[Parsed]:
+    """Project these events now if they are still pending (import, tests, scripts)."""
+    done: list[Parsed] = []
+    for start in range(0, len(ids), BATCH_SIZE):
+        chunk = sorted(ids[start : start + BATCH_SIZE])
+        where = and_(EVENTS.c.status == PENDING, EVENTS.c.id.in_(chunk))
+        # Wait for a projector that has claimed some of them: they are done after it.
+        done += _project_where(engine, where, len(chunk), lock=True)
+    return done
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """A callback appended and projected at once: its event and final status."""
+
+    outcome: str  # ingest.STORED or ingest.DUPLICATE
+    event_id: int | None
+    trigger: str
+    status: str | None  # processed, ignored or failed; None for a duplicate
+    error: str | None = None
+
+
+def ingest(
+    engine: Engine,
+    body: bytes,
+    payload: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    received_at: datetime | None = None,
+) -> IngestResult:
+    """Append a callback and project it now (import, scripts and tests; the endpoint
+    only appends). A duplicate body changes nothing."""
+    appended = append(engine, body, payload, headers, received_at)
+    if appended.event_id is None:
+        return IngestResult(appended.outcome, None, appended.trigger, None)
+    project_ids(engine, [appended.event_id])
+    c = EVENTS.c
+    with engine.connect() as conn:
+        trigger, status, error = conn.execute(
+            select(c.trigger, c.status, c.error).where(c.id == appended.event_id)
+        ).one()
+    return IngestResult(appended.outcome, appended.event_id, trigger, status, error)
