@@ -1,6 +1,5 @@
 """Helpers for the projector tests (tests/test_projector.py): pending events appended in
-bulk, event outcomes, the projection snapshot, and what `events reprocess` takes to
-select every event."""
+bulk, event outcomes, the projection snapshot, polling with a deadline."""
 
 from __future__ import annotations
 
@@ -97,15 +96,6 @@ def append_bulk(engine: Engine, bodies: Sequence[bytes], chunk: int = 2000) -> i
         for start in range(0, len(rows), chunk):
             conn.execute(insert(CallbackEvent.__table__), rows[start : start + chunk])
     return len(rows)
-
-
-def reprocess_every_event_args() -> list[str]:
-    """`events reprocess` over every stored event: with `--all` where the command has
-    it (it is being added), else with no filter (which selects every event today)."""
-    from webhook.replay.cli import reprocess_command
-
-    has_all = any("--all" in p.opts for p in reprocess_command.params)
-    return ["events", "reprocess", "--all"] if has_all else ["events", "reprocess"]
 
 
 def wait_until(

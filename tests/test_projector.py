@@ -45,7 +45,6 @@ from tests.projector_helpers import (
     pending,
     projection_snapshot,
     received_times,
-    reprocess_every_event_args,
     status_counts,
     wait_until,
 )
@@ -164,11 +163,13 @@ def test_any_stream_projects_to_what_rebuild_and_reprocess_give(
     runner = app.test_cli_runner()
     result = runner.invoke(args=["events", "rebuild"])
     assert result.exit_code == 0, result.output
+    assert f"rebuilt from {len(outcomes)} events" in result.output
     assert projection_snapshot(engine) == live
     assert event_outcomes(engine) == outcomes
 
-    result = runner.invoke(args=reprocess_every_event_args())
+    result = runner.invoke(args=["events", "reprocess", "--all"])
     assert result.exit_code == 0, result.output
+    assert f"reprocessed {len(outcomes)} events" in result.output
     assert projection_snapshot(engine) == live
     assert event_outcomes(engine) == outcomes
 

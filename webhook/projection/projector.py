@@ -16,9 +16,9 @@ across events (flow_sends, message_status) are read and written under transactio
 advisory locks on their keys, taken in sorted order. On SQLite one projector runs at
 a time (an flock on ``<db>-projector``), and it parses before taking the write lock.
 
-A batch the database refuses is rolled back to a savepoint and projected event by
-event; an event that still fails is marked ``failed`` with the error (and if even
-that is refused, stored bare: status and error only). A database that is gone
+A batch the database refuses is rolled back to a savepoint and split in halves until
+the refused events are alone; such an event is marked ``failed`` with the error (and
+if even that is refused, stored bare: status and error only). A database that is gone
 raises (is_unavailable): nothing of the batch is committed and its events stay
 pending, so a kill -9 at any point loses nothing.
 """
@@ -90,8 +90,10 @@ _NO_END = 2**62  # no upper bound on event ids
 def project(conn: Connection, events: Sequence[Parsed]) -> list[Parsed]:
     """Write the rows of these parsed events and set their statuses; never commits.
 
-    Returns each event as finally stored (a refused one marked failed). Raises only
-    when the database is unavailable (nothing of the batch is then kept).
+    Returns each event as finally stored (a refused one marked failed). A batch the
+    database refuses is split in halves, each tried again in its own savepoint, so one
+    bad event among thousands costs a few retries, not one round per event. Raises
+    only when the database is unavailable (nothing of the batch is then kept).
     """
     if not events:
         return []
@@ -103,26 +105,21 @@ def project(conn: Connection, events: Sequence[Parsed]) -> list[Parsed]:
     except Exception as err:
         if is_unavailable(err):
             raise
-    return [_project_alone(conn, event) for event in events]
+        if len(events) == 1:
+            return [_mark_failed(conn, events[0], err)]
+    half = len(events) // 2
+    return project(conn, events[:half]) + project(conn, events[half:])
 
 
-def _project_alone(conn: Connection, event: Parsed) -> Parsed:
-    """One event in its own savepoint; failed (or failed and bare) if refused."""
-    try:
-        with conn.begin_nested():
-            write_rows(conn, fold([event]))
-            set_statuses(conn, [event])
-        return event
-    except Exception as err:
-        if is_unavailable(err):
-            raise
-        event = failed(event, f"projection failed: {describe_error(err)}")
+def _mark_failed(conn: Connection, event: Parsed, err: Exception) -> Parsed:
+    """An event the database refuses: failed with the error, its rows left out."""
+    event = failed(event, f"projection failed: {describe_error(err)}")
     try:
         with conn.begin_nested():
             set_statuses(conn, [event])
         return event
-    except Exception as err:
-        if is_unavailable(err):
+    except Exception as again:
+        if is_unavailable(again):
             raise
     # The database refuses even the envelope fields (say NUL in app_id): store it bare.
     f = event.fields
