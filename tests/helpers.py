@@ -38,7 +38,8 @@ def post_callback(client: FlaskClient, body: bytes, secret: str = SECRET, wait: 
 def project(target: Any) -> None:
     """Project every pending event now (an app or an engine): what a test that needs
     the typed rows waits for, with no sleep. Safe beside the app's projector thread."""
-    from webhook.projection.projector import drain, wait_projected
+    from webhook.projection.projector import drain
+    from webhook.projection.thread import wait_projected
 
     engine = target.extensions["webhook"].engine if hasattr(target, "extensions") else target
     drain(engine)

@@ -38,7 +38,7 @@ from webhook.db import migrate
 from webhook.db.engine import make_engine
 from webhook.db.models import FlowSend
 from webhook.ingest.body import load_body
-from webhook.projection.projector import ingest
+from webhook.projection.ingest import ingest
 
 FLOW_A = "1000000000000001"
 FLOW_B = "2000000000000002"

@@ -25,7 +25,8 @@ from webhook.db.engine import make_engine
 from webhook.db.models import Base
 from webhook.ingest.append import DUPLICATE, STORED
 from webhook.ingest.body import load_body
-from webhook.projection.projector import IngestResult, ingest, wait_projected
+from webhook.projection.ingest import IngestResult, ingest
+from webhook.projection.thread import wait_projected
 from webhook.replay.simulate import SimulationConfig, simulate
 
 # Differ between two ingests of the same events by design (ids, wall-clock receive times).

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from tests.helpers import count, fixture_bytes
 from webhook.ingest.append import DUPLICATE, STORED
 from webhook.ingest.body import load_body
-from webhook.projection.projector import IngestResult, ingest
+from webhook.projection.ingest import IngestResult, ingest
 
 
 def test_same_body_from_many_threads_is_stored_once(engine: Engine) -> None:

@@ -27,7 +27,7 @@ from tests.tcp_proxy import TcpProxy
 from webhook.db import migrate
 from webhook.db.engine import make_engine
 from webhook.db.models import CallbackEvent
-from webhook.projection.projector import wait_projected
+from webhook.projection.thread import wait_projected
 from webhook.replay.simulate import SimulatedMessage, SimulationConfig, simulate
 
 pytestmark = pytest.mark.slow
@@ -231,7 +231,7 @@ def test_deadline_bounds_a_database_that_never_answers(
     from webhook.db.engine import CONNECT_TIMEOUT_SECONDS
     from webhook.db.errors import StorageUnavailable
     from webhook.ingest.body import load_body
-    from webhook.projection.projector import ingest
+    from webhook.projection.ingest import ingest
 
     url = new_database_url("postgresql")
     direct = make_engine(url)

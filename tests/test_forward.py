@@ -19,7 +19,7 @@ from tests.replay_helpers import relax_durability
 from webhook.core.state import state
 from webhook.ingest.body import load_body
 from webhook.ingest.signing import NONCE, verify
-from webhook.projection.projector import ingest
+from webhook.projection.ingest import ingest
 from webhook.replay.simulate import SimulationConfig, simulate
 
 FAST = ["--backoff", "0.01", "--timeout", "2"]

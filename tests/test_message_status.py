@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from tests.helpers import count, rows
 from webhook.ingest.body import load_body
-from webhook.projection.projector import ingest
+from webhook.projection.ingest import ingest
 
 MID = "01KKBFJYQPYQWF3VT0NDA4XKVD"
 TIMES = {

@@ -27,7 +27,7 @@ from webhook.db.engine import make_engine
 from webhook.http.metrics import observe_flow_exchange
 from webhook.ingest.append import append
 from webhook.ingest.body import load_body
-from webhook.projection.projector import ingest
+from webhook.projection.ingest import ingest
 from webhook.replay.simulate import SimulationConfig, simulate
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

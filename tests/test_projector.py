@@ -56,9 +56,10 @@ from webhook.db.engine import make_engine
 from webhook.db.events import FAILED, IGNORED, PENDING, PROCESSED
 from webhook.ingest.append import append, body_digest
 from webhook.ingest.body import load_body
-from webhook.projection.projector import drain, wait_projected
+from webhook.projection.projector import drain
 from webhook.projection.rules import PROJECTION_TABLES
-from webhook.replay.replays import rebuild
+from webhook.projection.thread import wait_projected
+from webhook.replay.rebuild import rebuild
 from webhook.replay.simulate import SimulationConfig, simulate
 
 FINAL = {PROCESSED, IGNORED, FAILED}

@@ -17,9 +17,9 @@ from webhook.db.models import MessageStatus
 from webhook.flows.message import SendRequest
 from webhook.flows.sending import record_send
 from webhook.ingest.body import load_body
-from webhook.projection.projector import ingest
+from webhook.projection.ingest import ingest
 from webhook.projection.rules import PROJECTION_TABLES
-from webhook.replay.replays import rebuild
+from webhook.replay.rebuild import rebuild
 from webhook.replay.simulate import SimulatedMessage, SimulationConfig, simulate
 
 

@@ -20,9 +20,10 @@ from webhook.db.models import CallbackEvent
 from webhook.ingest import parsers as callbacks
 from webhook.ingest.body import load_body
 from webhook.ingest.records import Envelope, Record
-from webhook.projection.projector import ingest
+from webhook.projection.ingest import ingest
 from webhook.projection.rules import PROJECTION_TABLES
-from webhook.replay.replays import rebuild, reprocess
+from webhook.replay.rebuild import rebuild
+from webhook.replay.reprocess import reprocess
 from webhook.replay.simulate import SimulationConfig, simulate
 
 Parser = Callable[[Mapping[str, Any], Envelope], tuple[Record, ...]]

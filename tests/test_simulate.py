@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from tests.helpers import count, rows
 from webhook.ingest.body import load_body
 from webhook.ingest.parsers import parse_callback
-from webhook.projection.projector import ingest
+from webhook.projection.ingest import ingest
 from webhook.replay.simulate import SimulationConfig, simulate
 
 

@@ -21,7 +21,7 @@ from webhook.db import migrate
 from webhook.db.engine import make_engine
 from webhook.db.models import CallbackEvent
 from webhook.ingest.body import load_body
-from webhook.projection.projector import ingest
+from webhook.projection.ingest import ingest
 from webhook.replay.simulate import SimulationConfig, simulate
 from webhook.replay.transfer import export_item
 

@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, config: Mapping[str, Any] | Non
 def _start_projector(app_state: AppState) -> None:
     """Project in a thread of this process, woken after each committed append."""
     from webhook.ingest.append import on_append
-    from webhook.projection.projector import projector_thread
+    from webhook.projection.thread import projector_thread
 
     thread = projector_thread(app_state.engine)
     on_append(app_state.engine, thread.notify)

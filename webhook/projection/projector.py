@@ -30,8 +30,6 @@ import hashlib
 import logging
 import os
 import threading
-import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,7 +53,6 @@ from webhook.db.engine import upsert_insert, write_lock
 from webhook.db.errors import describe_error, is_unavailable
 from webhook.db.events import EVENTS, FAILED, IGNORED, PENDING, PROCESSED, EventFields, read_batch
 from webhook.db.models import Base
-from webhook.ingest.append import append
 from webhook.projection.rules import (
     FILL,
     FIRST_WINS,
@@ -75,7 +72,7 @@ from webhook.projection.rules import (
     parse_event,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("webhook.projector")
 
 TABLES: dict[str, Table] = {p.table: Base.metadata.tables[p.table] for p in PROJECTIONS}
 # Events one live projection transaction takes at most.
@@ -310,10 +307,10 @@ def on_projected(listener: Listener) -> None:
 
 def project_pending(engine: Engine, limit: int = BATCH_SIZE) -> list[Parsed]:
     """Claim up to ``limit`` pending events, project them, commit; the events projected."""
-    return _project_where(engine, EVENTS.c.status == PENDING, limit)
+    return project_where(engine, EVENTS.c.status == PENDING, limit)
 
 
-def _project_where(
+def project_where(
     engine: Engine, where: Any, limit: int, lock: bool | str = "skip"
 ) -> list[Parsed]:
     if engine.dialect.name == "sqlite":
@@ -384,134 +381,3 @@ def pending_summary(conn: Connection) -> tuple[int, datetime | None]:
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
     return int(count), oldest
-
-
-# ---------------------------------------------------------------- the background thread
-
-
-class ProjectorThread:
-    """Projects pending events in the background of a serving process.
-
-    Woken by ``notify`` after each committed append, and every ``poll_seconds`` in any
-    case (events appended by other processes, or left pending by a crash). A database
-    outage is logged once and retried with a growing pause, up to ``max_pause``.
-    """
-
-    def __init__(self, engine: Engine, poll_seconds: float = 1.0, max_pause: float = 5.0,
-                 batch_size: int = BATCH_SIZE) -> None:  # fmt: skip
-        self.engine = engine
-        self.poll_seconds = poll_seconds
-        self.max_pause = max_pause
-        self.batch_size = batch_size
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def start(self) -> None:
-        """Start the thread (again, after a fork: threads do not survive one)."""
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-            return
-        self._pid = os.getpid()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="projector", daemon=True)
-        self._thread.start()
-
-    def notify(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        pause = 0.0
-        while not self._stop.is_set():
-            self._wake.wait(pause or self.poll_seconds)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                while not self._stop.is_set() and project_pending(self.engine, self.batch_size):
-                    pass
-            except Exception as err:
-                if pause:  # already said: one line per outage, not one per retry
-                    pass
-                elif is_unavailable(err):
-                    log.warning("projector: database unavailable (%s); retrying",
-                                describe_error(err))  # fmt: skip
-                else:
-                    log.error("projector: %s; retrying", describe_error(err), exc_info=True)
-                pause = min(max(pause * 2, 0.1), self.max_pause)
-            else:
-                pause = 0.0
-
-
-_threads: weakref.WeakKeyDictionary[Engine, ProjectorThread] = weakref.WeakKeyDictionary()
-_threads_lock = threading.Lock()
-
-
-def projector_thread(engine: Engine) -> ProjectorThread:
-    """The ProjectorThread of ``engine`` in this process (not started)."""
-    with _threads_lock:
-        found = _threads.get(engine)
-        if found is None:
-            found = _threads[engine] = ProjectorThread(engine)
-        return found
-
-
-def wait_projected(engine: Engine, timeout: float = 30.0) -> None:
-    """Block until no event is pending (for tests and scripts; polls the database)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with engine.connect() as conn:
-            if pending_summary(conn)[0] == 0:
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"events still pending after {timeout} s")
-        time.sleep(0.02)
-
-
-def project_ids(engine: Engine, ids: Sequence[int]) -> list[Parsed]:
-    """Project these events now if they are still pending (import, tests, scripts)."""
-    done: list[Parsed] = []
-    for start in range(0, len(ids), BATCH_SIZE):
-        chunk = sorted(ids[start : start + BATCH_SIZE])
-        where = and_(EVENTS.c.status == PENDING, EVENTS.c.id.in_(chunk))
-        # Wait for a projector that has claimed some of them: they are done after it.
-        done += _project_where(engine, where, len(chunk), lock=True)
-    return done
-
-
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    """A callback appended and projected at once: its event and final status."""
-
-    outcome: str  # ingest.STORED or ingest.DUPLICATE
-    event_id: int | None
-    trigger: str
-    status: str | None  # processed, ignored or failed; None for a duplicate
-    error: str | None = None
-
-
-def ingest(
-    engine: Engine,
-    body: bytes,
-    payload: dict[str, Any],
-    headers: dict[str, str] | None = None,
-    received_at: datetime | None = None,
-) -> IngestResult:
-    """Append a callback and project it now (import, scripts and tests; the endpoint
-    only appends). A duplicate body changes nothing."""
-    appended = append(engine, body, payload, headers, received_at)
-    if appended.event_id is None:
-        return IngestResult(appended.outcome, None, appended.trigger, None)
-    project_ids(engine, [appended.event_id])
-    c = EVENTS.c
-    with engine.connect() as conn:
-        trigger, status, error = conn.execute(
-            select(c.trigger, c.status, c.error).where(c.id == appended.event_id)
-        ).one()
-    return IngestResult(appended.outcome, appended.event_id, trigger, status, error)

@@ -24,8 +24,9 @@ from webhook.core.cli_support import (
 )
 from webhook.db.events import FAILED, IGNORED, PENDING, PROCESSED, EventFilter, count_selection
 from webhook.ingest.parsers import TRIGGERS, UNKNOWN
-from webhook.replay.replays import default_workers, rebuild, reprocess
+from webhook.replay.rebuild import default_workers, rebuild
 from webhook.replay.report import ReplayReport
+from webhook.replay.reprocess import reprocess
 from webhook.replay.transfer import count_items, export, import_path
 
 F = TypeVar("F", bound=Callable[..., Any])

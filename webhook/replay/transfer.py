@@ -31,7 +31,7 @@ from webhook.core.timeparse import ParseError, parse_time
 from webhook.db.events import EVENTS, EventFilter, count_selection
 from webhook.ingest.append import DUPLICATE, append
 from webhook.ingest.body import InvalidBody, load_body
-from webhook.projection.projector import project_ids
+from webhook.projection.ingest import project_ids
 
 EXPORT_COLUMNS = ("id", "received_at", "trigger", "status", "error", "headers", "body_sha256")
 
