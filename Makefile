@@ -32,6 +32,9 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/vulture
+	$(BIN)/deptry .
 
 ## Set up and run every check and test (SQLite, and PostgreSQL when reachable).
 test: lint

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,29 +72,3 @@ def count(engine: Any, table: str) -> int:
 
     with engine.connect() as conn:
         return int(conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
-
-
-def in_threads(calls: list[Callable[[], Any]], started: Callable[[], None] | None = None,
-               timeout: float | None = None) -> list[Any]:  # fmt: skip
-    """Run each call in its own thread; the results, or the exceptions raised.
-
-    ``started`` runs once every thread is started; with ``timeout``, a thread that has
-    not returned by then fails the test.
-    """
-    out: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        try:
-            out[i] = calls[i]()
-        except Exception as err:
-            out[i] = err
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    if started is not None:
-        started()
-    for t in threads:
-        t.join(timeout)
-        assert not t.is_alive(), "a thread never returned"
-    return out

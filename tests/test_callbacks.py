@@ -8,12 +8,12 @@ import pytest
 
 from webhook.core.timeparse import ParseError, parse_time
 from webhook.ingest.body import InvalidBody, load_body
+from webhook.ingest.fields import normalize_identity
 from webhook.ingest.parsers import (
     TRIGGER_KEYS,
     TRIGGERS,
     UNKNOWN,
     detect_trigger,
-    normalize_identity,
     parse_callback,
     parse_flow_reply,
 )

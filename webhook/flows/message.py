@@ -299,7 +299,10 @@ def _header(m: FlowMessage) -> dict[str, Any] | None:
 def build_request(
     m: FlowMessage, app_id: str, *, token_factory: Callable[[], str] = new_flow_token
 ) -> SendRequest:
-    """Check ``m`` and build the request body; raise InvalidFlowMessage listing every problem."""
+    """Check ``m`` and build the request body; raise InvalidFlowMessage listing every problem.
+
+    Long: one pass over the message's fields, in the order of the payload it builds.
+    """
     problems = validate(m)
     if problems:
         raise InvalidFlowMessage(problems)

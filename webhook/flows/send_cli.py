@@ -172,6 +172,8 @@ def send_command(
     token, so delivery reports and the completion join to it. A rejected send is
     recorded too, with Sinch's error. With --csv, one message per row (progress on
     stderr, a summary at the end; exit status 1 if any row was invalid or not sent).
+
+    Long: a click command's options are its parameters; the body is short.
     """
     data, problems = _parse_data(data_json)
     message = FlowMessage(
@@ -228,7 +230,7 @@ def _send_one(engine: Engine, client: ConversationClient, request: SendRequest) 
         raise _db_error(err) from None
 
 
-def _send_batch(
+def _send_batch(  # noqa: C901 (see Long: in its docstring)
     template: FlowMessage,
     pre_problems: list[Problem],
     csv_file: IO[str],
@@ -237,6 +239,11 @@ def _send_batch(
     workers: int,
     dry_run: bool,
 ) -> None:
+    """Send one message per CSV row.
+
+    Long: checks every row first (nothing sent if any is wrong), then sends and
+    reports in one loop that owns the progress and the error counts.
+    """
     # The shared options are checked once, with a stand-in recipient.
     shared = [p for p in validate(replace(template, contact_id="x")) if p.field != "recipient"]
     _fail_on(pre_problems + shared, "the options shared by every row")

@@ -42,9 +42,6 @@ from webhook.projection.rules import Parsed
 PREFIX = "flowhooks"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# Outcomes of one callback request: stored (pending projection), duplicate, rejected
-# (nothing stored), error (500). What projection made of it: flowhooks_events_projected.
-OUTCOMES = ("stored", "duplicate", "rejected", "error")
 # Why a callback was rejected (nothing stored), by HTTP status.
 REJECT_REASONS: dict[int, str] = {
     400: "invalid_body",

@@ -105,7 +105,6 @@ class Appender:
         self.engine = engine
         self.max_batch = max_batch
         self.listeners: list[Callable[[], None]] = []
-        self.commits = 0  # batches committed, for tests and curiosity
         self._lock = threading.Lock()
         self._queue: list[_Item] = []
         self._writing = False
@@ -139,7 +138,6 @@ class Appender:
     def _write_all(self, batch: list[_Item]) -> None:
         try:
             self._write(batch)
-            self.commits += 1
         except BaseException as err:  # never leave a thread waiting, nor without an answer
             for item in batch:
                 item.error = err

@@ -7,13 +7,13 @@ shape it cannot read raises ParseError naming the field; ingest stores the event
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from webhook.core.timeparse import ParseError, lenient_time, parse_time
+from webhook.core.timeparse import lenient_time, parse_time
 from webhook.core.values import json_kind
 from webhook.ingest.body import JSONError, loads_json
+from webhook.ingest.fields import identity_of, normalize_identity, obj_field, str_field
 from webhook.ingest.records import (
     DeliveryReportRecord,
     Envelope,
@@ -53,54 +53,6 @@ TRIGGER_KEYS: dict[str, str] = {
     "record_notification": "RECORD_NOTIFICATION",
 }
 TRIGGERS: frozenset[str] = frozenset(TRIGGER_KEYS.values())
-
-# Channels whose identity is a phone number (MSISDN): normalised to digits, no "+".
-MSISDN_CHANNELS = frozenset({"WHATSAPP", "SMS", "MMS", "VIBERBM", "RCS"})
-
-
-def _obj(parent: Mapping[str, Any], key: str, path: str, required: bool = False) -> dict[str, Any]:
-    value = parent.get(key)
-    if value is None:
-        if required:
-            raise ParseError(f"{path}.{key}: required object is missing")
-        return {}
-    if not isinstance(value, dict):
-        raise ParseError(f"{path}.{key}: expected an object, got {json_kind(value)}")
-    return value
-
-
-def _str(parent: Mapping[str, Any], key: str, path: str, required: bool = False) -> str | None:
-    value = parent.get(key)
-    if value is None or (value == "" and not required):
-        if required:
-            raise ParseError(f"{path}.{key}: required string is missing")
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ParseError(f"{path}.{key}: expected a string, got {json_kind(value)}")
-    text = str(value)
-    if required and not text:
-        raise ParseError(f"{path}.{key}: required string is empty")
-    return text
-
-
-def normalize_identity(channel: str | None, identity: str | None) -> str | None:
-    """Phone-number identities as digits without '+', spaces or dashes."""
-    if identity is None:
-        return None
-    if channel in MSISDN_CHANNELS:
-        stripped = re.sub(r"[\s\-().]", "", identity)
-        if stripped.startswith("+"):
-            stripped = stripped[1:]
-        if stripped.startswith("00") and stripped[2:].isdigit():
-            stripped = stripped[2:]
-        return stripped or None
-    return identity
-
-
-def _identity(parent: Mapping[str, Any], path: str) -> tuple[str | None, str | None]:
-    ci = _obj(parent, "channel_identity", path)
-    channel = _str(ci, "channel", f"{path}.channel_identity")
-    return channel, normalize_identity(channel, _str(ci, "identity", f"{path}.channel_identity"))
 
 
 # ---------------------------------------------------------------- envelope
@@ -166,10 +118,10 @@ def parse_flow_reply(response_json: object) -> tuple[str | None, Any, str | None
 
 def _nfm_reply(csm: Mapping[str, Any], path: str) -> dict[str, Any] | None:
     """The nfm_reply object of a channel_specific_message, or None if it is another type."""
-    if _str(csm, "message_type", path) != "nfm_reply":
+    if str_field(csm, "message_type", path) != "nfm_reply":
         return None
-    inner = _obj(csm, "message", path)
-    return _obj(inner, "nfm_reply", f"{path}.message") or None
+    inner = obj_field(csm, "message", path)
+    return obj_field(inner, "nfm_reply", f"{path}.message") or None
 
 
 def _whatsapp_flow_replies(raw: object) -> list[dict[str, Any]]:
@@ -216,16 +168,21 @@ def _text_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def parse_message_inbound(payload: Mapping[str, Any], env: Envelope) -> tuple[Record, ...]:
-    msg = _obj(payload, "message", "$", required=True)
+def parse_message_inbound(payload: Mapping[str, Any], env: Envelope) -> tuple[Record, ...]:  # noqa: C901 (one branch per message type)
+    """Parse one inbound (MO) message: its kind, content and flow completions.
+
+    Long: one branch per contact message type, read in the order of Sinch's schema."""
+    msg = obj_field(payload, "message", "$", required=True)
     path = "message"
-    message_id = _str(msg, "id", path, required=True)
+    message_id = str_field(msg, "id", path, required=True)
     assert message_id is not None
-    cm = _obj(msg, "contact_message", path)
-    channel, identity = _identity(msg, path)
-    contact_id = _str(msg, "contact_id", path)
-    conversation_id = _str(msg, "conversation_id", path)
-    reply_to = _str(_obj(cm, "reply_to", f"{path}.contact_message"), "message_id", "reply_to")
+    cm = obj_field(msg, "contact_message", path)
+    channel, identity = identity_of(msg, path)
+    contact_id = str_field(msg, "contact_id", path)
+    conversation_id = str_field(msg, "conversation_id", path)
+    reply_to = str_field(
+        obj_field(cm, "reply_to", f"{path}.contact_message"), "message_id", "reply_to"
+    )
     accept_time = parse_time(msg.get("accept_time"), f"{path}.accept_time")
 
     kind, text, postback, media_url = "other", None, None, None
@@ -234,19 +191,19 @@ def parse_message_inbound(payload: Mapping[str, Any], env: Envelope) -> tuple[Re
     for key, simple in _SIMPLE_KINDS.items():
         if key in cm:
             kind = simple
-            body = _obj(cm, key, cpath)
+            body = obj_field(cm, key, cpath)
             if key == "text_message":
-                text = _str(body, "text", f"{cpath}.{key}")
+                text = str_field(body, "text", f"{cpath}.{key}")
             elif key in {"media_message", "media_card_message"}:
-                media_url = _str(body, "url", f"{cpath}.{key}")
-                text = _str(body, "caption", f"{cpath}.{key}")
+                media_url = str_field(body, "url", f"{cpath}.{key}")
+                text = str_field(body, "caption", f"{cpath}.{key}")
             elif key == "choice_response_message":
-                postback = _str(body, "postback_data", f"{cpath}.{key}")
-                reply_to = reply_to or _str(body, "message_id", f"{cpath}.{key}")
+                postback = str_field(body, "postback_data", f"{cpath}.{key}")
+                reply_to = reply_to or str_field(body, "message_id", f"{cpath}.{key}")
             elif key == "location_message":
-                text = _str(body, "title", f"{cpath}.{key}") or _str(body, "label", cpath)
+                text = str_field(body, "title", f"{cpath}.{key}") or str_field(body, "label", cpath)
             elif key == "product_response_message":
-                text = _str(body, "text", f"{cpath}.{key}")
+                text = str_field(body, "text", f"{cpath}.{key}")
             elif key == "fallback_message":
                 raw = body.get("raw_message")
                 text = raw if isinstance(raw, str) else None
@@ -263,13 +220,13 @@ def parse_message_inbound(payload: Mapping[str, Any], env: Envelope) -> tuple[Re
             break
     else:
         if "channel_specific_message" in cm:
-            csm = _obj(cm, "channel_specific_message", cpath)
+            csm = obj_field(cm, "channel_specific_message", cpath)
             reply = _nfm_reply(csm, f"{cpath}.channel_specific_message")
             if reply is None:
                 kind = "channel_specific"
-            elif _str(reply, "name", "nfm_reply") == "flow":
+            elif str_field(reply, "name", "nfm_reply") == "flow":
                 kind = "flow_response"
-                text = _str(reply, "body", "nfm_reply")
+                text = str_field(reply, "body", "nfm_reply")
                 token, response, broken, err = parse_flow_reply(reply.get("response_json"))
                 flow = FlowResponseRecord(
                     message_id, token, reply_to, contact_id, conversation_id, channel,
@@ -277,7 +234,7 @@ def parse_message_inbound(payload: Mapping[str, Any], env: Envelope) -> tuple[Re
                 )  # fmt: skip
             else:
                 kind = "nfm_reply_other"
-                text = _str(reply, "body", "nfm_reply")
+                text = str_field(reply, "body", "nfm_reply")
 
     inbound = InboundMessageRecord(
         message_id=message_id,
@@ -290,9 +247,9 @@ def parse_message_inbound(payload: Mapping[str, Any], env: Envelope) -> tuple[Re
         text=text,
         postback_data=postback,
         media_url=media_url,
-        metadata_text=_str(msg, "metadata", path),
-        sender_id=_str(msg, "sender_id", path),
-        processing_mode=_str(msg, "processing_mode", path),
+        metadata_text=str_field(msg, "metadata", path),
+        sender_id=str_field(msg, "sender_id", path),
+        processing_mode=str_field(msg, "processing_mode", path),
         accept_time=accept_time,
     )
     return (inbound, flow) if flow is not None else (inbound,)
@@ -303,14 +260,14 @@ def parse_message_inbound(payload: Mapping[str, Any], env: Envelope) -> tuple[Re
 
 def _delivery(kind: str, key: str, id_field: str) -> Callable[..., tuple[Record, ...]]:
     def parse(payload: Mapping[str, Any], env: Envelope) -> tuple[Record, ...]:
-        report = _obj(payload, key, "$", required=True)
-        rid = _str(report, id_field, key, required=True)
-        status = _str(report, "status", key, required=True)
+        report = obj_field(payload, key, "$", required=True)
+        rid = str_field(report, id_field, key, required=True)
+        status = str_field(report, "status", key, required=True)
         assert rid is not None and status is not None
-        channel, identity = _identity(report, key)
+        channel, identity = identity_of(report, key)
         if kind == "event" and channel is None:
-            channel = _str(report, "channel", key)
-        reason = _obj(report, "reason", key)
+            channel = str_field(report, "channel", key)
+        reason = obj_field(report, "reason", key)
         return (
             DeliveryReportRecord(
                 kind=kind,
@@ -318,14 +275,14 @@ def _delivery(kind: str, key: str, id_field: str) -> Callable[..., tuple[Record,
                 status=status.upper(),
                 channel=channel or "",
                 identity=identity,
-                contact_id=_str(report, "contact_id", key),
-                conversation_id=_str(report, "conversation_id", key),
-                reason_code=_str(reason, "code", f"{key}.reason"),
-                reason_description=_str(reason, "description", f"{key}.reason"),
-                reason_sub_code=_str(reason, "sub_code", f"{key}.reason"),
-                channel_code=_str(reason, "channel_code", f"{key}.reason"),
-                metadata_text=_str(report, "metadata", key),
-                processing_mode=_str(report, "processing_mode", key),
+                contact_id=str_field(report, "contact_id", key),
+                conversation_id=str_field(report, "conversation_id", key),
+                reason_code=str_field(reason, "code", f"{key}.reason"),
+                reason_description=str_field(reason, "description", f"{key}.reason"),
+                reason_sub_code=str_field(reason, "sub_code", f"{key}.reason"),
+                channel_code=str_field(reason, "channel_code", f"{key}.reason"),
+                metadata_text=str_field(report, "metadata", key),
+                processing_mode=str_field(report, "processing_mode", key),
                 event_time=env.event_time or env.accepted_time,
             ),
         )
@@ -338,31 +295,31 @@ def _delivery(kind: str, key: str, id_field: str) -> Callable[..., tuple[Record,
 
 def parse_message_submit(payload: Mapping[str, Any], env: Envelope) -> tuple[Record, ...]:
     key = "message_submit_notification"
-    note = _obj(payload, key, "$", required=True)
-    message_id = _str(note, "message_id", key, required=True)
+    note = obj_field(payload, key, "$", required=True)
+    message_id = str_field(note, "message_id", key, required=True)
     assert message_id is not None
-    submitted = _obj(note, "submitted_message", key)
-    csm = _obj(submitted, "channel_specific_message", f"{key}.submitted_message")
-    wa = _obj(csm, "WHATSAPP", "submitted_message.channel_specific_message")
-    if _str(wa, "message_type", "WHATSAPP") != "FLOWS":
+    submitted = obj_field(note, "submitted_message", key)
+    csm = obj_field(submitted, "channel_specific_message", f"{key}.submitted_message")
+    wa = obj_field(csm, "WHATSAPP", "submitted_message.channel_specific_message")
+    if str_field(wa, "message_type", "WHATSAPP") != "FLOWS":
         return ()
     path = "submitted_message.channel_specific_message.WHATSAPP.message"
-    flow = _obj(wa, "message", "WHATSAPP")
-    action_payload = _obj(flow, "flow_action_payload", path)
-    channel, identity = _identity(note, key)
+    flow = obj_field(wa, "message", "WHATSAPP")
+    action_payload = obj_field(flow, "flow_action_payload", path)
+    channel, identity = identity_of(note, key)
     return (
         FlowSendRecord(
             message_id=message_id,
-            flow_id=_str(flow, "flow_id", path),
-            flow_token=_str(flow, "flow_token", path),
-            flow_mode=_str(flow, "flow_mode", path),
-            flow_cta=_str(flow, "flow_cta", path),
-            flow_action=_str(flow, "flow_action", path),
-            screen=_str(action_payload, "screen", f"{path}.flow_action_payload"),
+            flow_id=str_field(flow, "flow_id", path),
+            flow_token=str_field(flow, "flow_token", path),
+            flow_mode=str_field(flow, "flow_mode", path),
+            flow_cta=str_field(flow, "flow_cta", path),
+            flow_action=str_field(flow, "flow_action", path),
+            screen=str_field(action_payload, "screen", f"{path}.flow_action_payload"),
             channel=channel,
             identity=identity,
-            contact_id=_str(note, "contact_id", key),
-            conversation_id=_str(note, "conversation_id", key),
+            contact_id=str_field(note, "contact_id", key),
+            conversation_id=str_field(note, "conversation_id", key),
             correlation_id=env.correlation_id,
             submitted_at=env.event_time or env.accepted_time,
         ),
@@ -375,7 +332,7 @@ def parse_message_submit(payload: Mapping[str, Any], env: Envelope) -> tuple[Rec
 def parse_unsupported(payload: Mapping[str, Any], env: Envelope) -> tuple[Record, ...]:
     """Recover flow completions that arrive as raw WhatsApp JSON (spec §3, defensive)."""
     key = "unsupported_callback"
-    note = _obj(payload, key, "$", required=True)
+    note = obj_field(payload, key, "$", required=True)
     records: list[Record] = []
     for wa in _whatsapp_flow_replies(note.get("payload")):
         wamid = wa.get("id")
@@ -390,8 +347,8 @@ def parse_unsupported(payload: Mapping[str, Any], env: Envelope) -> tuple[Record
                 message_id=wamid,
                 flow_token=token,
                 reply_to_message_id=_text_or_none(ctx.get("id")),
-                contact_id=_str(note, "contact_id", key),
-                conversation_id=_str(note, "conversation_id", key),
+                contact_id=str_field(note, "contact_id", key),
+                conversation_id=str_field(note, "conversation_id", key),
                 channel="WHATSAPP",
                 identity=normalize_identity(
                     "WHATSAPP", sender if isinstance(sender, str) else None

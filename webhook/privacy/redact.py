@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from webhook.ingest.parsers import normalize_identity
+from webhook.ingest.fields import normalize_identity
 
 PSEUDONYM_PREFIX = "erased_"
 IDENTITY, CONTACT, WAMID = "identity", "contact", "wamid"

@@ -78,7 +78,10 @@ class SimulatedMessage:
 
 
 def simulate_message(cfg: SimulationConfig, rng: random.Random, index: int) -> SimulatedMessage:
-    """All callbacks for one flow message, in the order a channel would produce them."""
+    """All callbacks for one flow message, in the order a channel would produce them.
+
+    Long: the life of one message step by step (send, statuses, completion), in order.
+    """
     sent = cfg.start + timedelta(seconds=index * cfg.spacing_seconds)
     message_id = ulid(rng, sent)
     contact_n = rng.randrange(cfg.contacts) if cfg.contacts else index
