@@ -44,14 +44,10 @@ from sqlalchemy import (
 )
 
 from webhook.db.models import (
+    Base,
     CallbackEvent,
-    DeliveryReport,
     Erasure,
     FlowExchange,
-    FlowResponse,
-    FlowSend,
-    InboundMessage,
-    MessageStatus,
 )
 from webhook.privacy.redact import (
     CONTACT,
@@ -61,6 +57,7 @@ from webhook.privacy.redact import (
     normalize_number,
     redact_answers,
 )
+from webhook.projection.rules import PROJECTIONS, Projection
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +85,9 @@ def _t(model: Any) -> Table:
 
 # Tables that carry both keys, used to follow identity <-> contact id links.
 LINKED: tuple[Table, ...] = tuple(
-    _t(m) for m in (InboundMessage, FlowResponse, DeliveryReport, FlowSend)
+    Base.metadata.tables[p.table]
+    for p in PROJECTIONS
+    if {"identity", "contact_id"} <= set(p.personal.keys)
 )
 
 
@@ -143,19 +142,17 @@ def _answers(value: Any, r: Redactor) -> Any:
     return redact_answers(value) if value is not None else None
 
 
-RULES: tuple[Rule, ...] = (
-    Rule(_t(InboundMessage), "id",
-         keys=("identity", "contact_id", "sender_id", "message_id", "reply_to_message_id"),
-         clear=("text", "postback_data", "media_url", "metadata_text")),
-    Rule(_t(FlowResponse), "id",
-         keys=("identity", "contact_id", "message_id", "reply_to_message_id"),
-         clear=("response_raw",), rewrite=(("response", _answers),)),
-    Rule(_t(DeliveryReport), "id", keys=("identity", "contact_id", "message_id"),
-         clear=("metadata_text",), scrub=("reason_description",)),
-    Rule(_t(MessageStatus), "message_id", keys=("contact_id", "message_id")),
-    Rule(_t(FlowSend), "id", keys=("identity", "contact_id", "message_id"), scrub=("error",),
-         rewrite=(("request_body", _document),)),
-)  # fmt: skip
+def _rule(p: Projection) -> Rule:
+    t = Base.metadata.tables[p.table]
+    rewrite = tuple((c, _answers) for c in p.personal.answers) + tuple(
+        (c, _document) for c in p.personal.document
+    )
+    return Rule(t, t.primary_key.columns.values()[0].name, p.personal.keys,
+                p.personal.clear, p.personal.scrub, rewrite)  # fmt: skip
+
+
+# One rule per projection table, from the projection registry (webhook.projection.rules).
+RULES: tuple[Rule, ...] = tuple(_rule(p) for p in PROJECTIONS)
 
 
 def _match(t: Table, person: Person) -> ColumnElement[bool]:

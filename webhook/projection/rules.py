@@ -53,23 +53,52 @@ SUBMITTED = "submitted"
 
 
 @dataclass(frozen=True)
+class Personal:
+    """Where a projection table holds personal data (erasure reads this).
+
+    ``keys``: identity, contact id and id columns, replaced by a pseudonym when they
+    match the person; ``clear``: content removed; ``scrub``: free text in which a key
+    is replaced; ``answers`` / ``document``: JSON columns rewritten value by value (flow
+    answers keep their field names; a request body keeps its structural fields).
+    """
+
+    keys: tuple[str, ...]
+    clear: tuple[str, ...] = ()
+    scrub: tuple[str, ...] = ()
+    answers: tuple[str, ...] = ()
+    document: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Projection:
-    """One projection table: its natural key and how rows for one key combine."""
+    """One projection table: its natural key, how rows for one key combine, and where
+    it keeps personal data."""
 
     table: str
     key: tuple[str, ...]
     rule: str
     record: type | None  # the record type that becomes a row; None: derived (status)
+    personal: Personal
 
 
-# The registry: the projector, replays and erasure read it. Add a table here.
+# The registry: the projector, replays and erasure read it. Add a table here
+# (docs/extending.md).
 PROJECTIONS: tuple[Projection, ...] = (
-    Projection(INBOUND, ("message_id",), FIRST_WINS, InboundMessageRecord),
-    Projection(FLOW_RESPONSES, ("message_id",), FIRST_WINS, FlowResponseRecord),
+    Projection(INBOUND, ("message_id",), FIRST_WINS, InboundMessageRecord, Personal(
+        keys=("identity", "contact_id", "sender_id", "message_id", "reply_to_message_id"),
+        clear=("text", "postback_data", "media_url", "metadata_text"))),
+    Projection(FLOW_RESPONSES, ("message_id",), FIRST_WINS, FlowResponseRecord, Personal(
+        keys=("identity", "contact_id", "message_id", "reply_to_message_id"),
+        clear=("response_raw",), answers=("response",))),
     Projection(DELIVERY, ("kind", "message_id", "status", "channel"), FIRST_WINS,
-               DeliveryReportRecord),
-    Projection(FLOW_SENDS, ("message_id",), FILL, FlowSendRecord),
-    Projection(STATUS, ("message_id",), LATTICE, None),
+               DeliveryReportRecord, Personal(
+        keys=("identity", "contact_id", "message_id"), clear=("metadata_text",),
+        scrub=("reason_description",))),
+    Projection(FLOW_SENDS, ("message_id",), FILL, FlowSendRecord, Personal(
+        keys=("identity", "contact_id", "message_id"), scrub=("error",),
+        document=("request_body",))),
+    Projection(STATUS, ("message_id",), LATTICE, None, Personal(
+        keys=("contact_id", "message_id"))),
 )  # fmt: skip
 BY_TABLE = {p.table: p for p in PROJECTIONS}
 PROJECTION_TABLES = tuple(p.table for p in PROJECTIONS)
