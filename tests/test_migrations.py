@@ -149,3 +149,40 @@ def test_current_revision_unreachable_database_raises_operational_error(
             migrate.current_revision(engine)
     finally:
         engine.dispose()
+
+
+def test_pending_status_revision_on_a_database_with_events(
+    backend: str, new_database_url: Callable[[str], str]
+) -> None:
+    """0004 on a store that already holds events: statuses kept, the new value allowed,
+    unknown ones refused; a downgrade turns what is pending into failed, losing nothing."""
+    engine = make_engine(new_database_url(backend))
+    insert = text(
+        "INSERT INTO callback_events (body, body_sha256, received_at, trigger, status) "
+        "VALUES (:body, :sha, :at, 'MESSAGE_DELIVERY', :status)"
+    )
+    at = "2026-03-01 10:00:00"
+    try:
+        migrate.upgrade(engine, "0003_reporting")
+        with engine.begin() as conn:
+            for i, status in enumerate(("processed", "failed", "ignored")):
+                conn.execute(insert, {"body": b"{}", "sha": f"{i:064d}", "at": at,
+                                      "status": status})  # fmt: skip
+        migrate.upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(insert, {"body": b"{}", "sha": "9" * 64, "at": at, "status": "pending"})
+            kept = conn.execute(text("SELECT status FROM callback_events ORDER BY id")).scalars()
+            assert list(kept) == ["processed", "failed", "ignored", "pending"]
+        with pytest.raises(exc.IntegrityError), engine.begin() as conn:
+            conn.execute(insert, {"body": b"{}", "sha": "8" * 64, "at": at, "status": "done"})
+        index_names = {ix["name"] for ix in inspect(engine).get_indexes("callback_events")}
+        assert "ix_callback_events_pending" in index_names
+        migrate.downgrade(engine, "0003_reporting")
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT status, error FROM callback_events ORDER BY id"))
+            assert [tuple(r) for r in rows][-1] == (
+                "failed",
+                "pending when the schema was downgraded: reprocess it",
+            )
+    finally:
+        engine.dispose()
