@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from webhook.core.settings import Settings, normalize_database_url
 from webhook.db import migrate
 from webhook.db.engine import make_engine
 from webhook.db.models import Base
+from webhook.projection.thread import stop_all
 
 BACKENDS = ("sqlite", "postgresql")
 DEFAULT_PG = "postgresql://127.0.0.1:5432/test"
@@ -123,6 +123,13 @@ def truncate_all(engine: Engine) -> None:
                 conn.execute(text(f"DELETE FROM {name}"))
 
 
+@pytest.fixture(autouse=True)
+def _no_projector_outlives_its_test() -> Iterator[None]:
+    """Apps made in a test start a projector thread; none keeps polling afterwards."""
+    yield
+    stop_all()
+
+
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     """An engine on a migrated database whose tables are emptied after the test."""
@@ -134,7 +141,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, webhook_secrets=(SECRET,))
+    return Settings().with_overrides(database_url=database_url, sinch_webhook_secrets=(SECRET,))
 
 
 @pytest.fixture
@@ -147,12 +154,13 @@ def app(settings: Settings, engine: Engine) -> Iterator[Flask]:
 
 @pytest.fixture
 def make_app(engine: Engine) -> Iterator[Callable[..., Flask]]:
-    """Build an app with settings overridden, e.g. make_app(webhook_secrets=())."""
+    """Build an app with settings overridden, each named after its environment variable
+    in lower case, e.g. make_app(sinch_webhook_secrets=()) (Settings.with_overrides)."""
     apps: list[Flask] = []
 
     def make(**overrides: Any) -> Flask:
-        base = Settings(database_url=str(engine.url.render_as_string(hide_password=False)))
-        application = create_app(replace(base, **overrides))
+        url = engine.url.render_as_string(hide_password=False)
+        application = create_app(Settings().with_overrides(**{"database_url": url, **overrides}))
         application.config["TESTING"] = True
         apps.append(application)
         return application
@@ -186,7 +194,8 @@ def runner_on_empty(backend: str, new_database_url: Callable[[str], str]) -> Ite
     apps: list[Flask] = []
 
     def make() -> FlaskCliRunner:
-        application = create_app(Settings(database_url=new_database_url(backend)))
+        settings = Settings().with_overrides(database_url=new_database_url(backend))
+        application = create_app(settings)
         apps.append(application)
         return application.test_cli_runner()
 

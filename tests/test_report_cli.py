@@ -23,7 +23,8 @@ WINDOW = ["--since", "2026-03-01", "--until", "2026-03-04"]
 
 @pytest.fixture
 def cli(backend: str, new_database_url: Callable[[str], str]) -> Iterator[FlaskCliRunner]:
-    app = create_app(Settings(database_url=data.loaded_database(backend, new_database_url)))
+    url = data.loaded_database(backend, new_database_url)
+    app = create_app(Settings().with_overrides(database_url=url))
     yield app.test_cli_runner()
     app.extensions["webhook"].engine.dispose()
 
@@ -200,7 +201,7 @@ def test_unknown_format_is_a_usage_error(cli: FlaskCliRunner) -> None:
 
 
 def test_unmigrated_database_is_one_line(tmp_path: Any) -> None:
-    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}"))
+    app = create_app(Settings().with_overrides(database_url=f"sqlite:///{tmp_path / 'empty.db'}"))
     result = app.test_cli_runner().invoke(args=["report", "timeline"])
     app.extensions["webhook"].engine.dispose()
     assert result.exit_code == 1
@@ -229,7 +230,8 @@ def test_same_output_on_sqlite_and_postgresql(new_database_url: Callable[[str], 
     """Every report, in every format, byte for byte the same on both databases."""
     outputs: dict[str, list[str]] = {}
     for backend in ("sqlite", "postgresql"):
-        app = create_app(Settings(database_url=data.loaded_database(backend, new_database_url)))
+        url = data.loaded_database(backend, new_database_url)
+        app = create_app(Settings().with_overrides(database_url=url))
         runner = app.test_cli_runner()
         outputs[backend] = []
         for name in ("funnel", "completions", "failures", "timeline"):
@@ -243,3 +245,65 @@ def test_same_output_on_sqlite_and_postgresql(new_database_url: Callable[[str], 
         app.extensions["webhook"].engine.dispose()
     assert outputs["sqlite"] == outputs["postgresql"]
     assert len(outputs["sqlite"]) == 4 * 3 + 2 * 3
+
+
+# ---------------------------------------------------------------- CSV and terminal safety
+
+HOSTILE = {
+    "formula": '=HYPERLINK("http://evil.example","x")',
+    "plus": "+1+cmd|' /C calc'!A0",
+    "at": "@SUM(1+1)",
+    "minus": "-2+3",
+    "tab": "\tcell",
+    "cr": "\rline one\rline two",
+    "plain": "Ana",
+}
+
+
+def completions_with(answers: dict[str, Any]) -> Any:
+    from webhook.reports.queries import Report
+
+    rows = [{"message_id": "M1", "response": answers}, {"message_id": "M2", "response": {}}]
+    return Report("completions", ("message_id", "response"), rows)
+
+
+def test_csv_neutralises_formulas_and_quotes_carriage_returns() -> None:
+    from webhook.reports.cli import render_csv
+
+    text = render_csv(completions_with({**HOSTILE, "count": -5}))
+    rows = list(csv.reader(io.StringIO(text)))
+    assert len(rows) == 3  # the \r did not split a row
+    header, first = rows[0], dict(zip(rows[0], rows[1], strict=True))
+    assert header[0] == "message_id"
+    for key in ("formula", "plus", "at", "minus", "tab", "cr"):
+        assert first[f"answer.{key}"] == "'" + HOSTILE[key], key
+    assert first["answer.plain"] == "Ana"
+    assert first["answer.count"] == "-5"  # a number is not text: left as it is
+    assert "\"'\rline one\rline two\"" in text  # quoted: the row stays whole
+
+
+def test_raw_csv_keeps_the_values_as_stored() -> None:
+    from webhook.reports.cli import render_csv
+
+    rows = list(csv.reader(io.StringIO(render_csv(completions_with(HOSTILE), raw=True))))
+    first = dict(zip(rows[0], rows[1], strict=True))
+    assert {k: first[f"answer.{k}"] for k in HOSTILE} == HOSTILE
+    assert len(rows) == 3
+
+
+def test_raw_csv_option_reaches_the_output(cli: FlaskCliRunner) -> None:
+    neutral = invoke(cli, "completions", *WINDOW, "--format", "csv")
+    raw = invoke(cli, "completions", *WINDOW, "--format", "csv", "--raw-csv")
+    assert raw.splitlines()[0] == neutral.splitlines()[0]
+    assert len(raw.splitlines()) == len(neutral.splitlines())
+
+
+def test_tables_do_not_pass_terminal_control_characters() -> None:
+    from webhook.reports.cli import render_table
+    from webhook.reports.queries import Report
+
+    report = Report("completions", ("message_id", "text"),
+                    [{"message_id": "M1", "text": "\x1b[2J\x1b]0;pwned\x07ok\r"}])  # fmt: skip
+    table = render_table(report)
+    assert "\x1b" not in table and "\x07" not in table and "\r" not in table
+    assert "ok" in table

@@ -99,3 +99,11 @@ def wait_projected(engine: Engine, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"events still pending after {timeout} s")
         time.sleep(0.02)
+
+
+def stop_all(timeout: float = 5.0) -> None:
+    """Stop every projector thread of this process (tests, and a clean shutdown)."""
+    with _threads_lock:
+        threads = list(_threads.values())
+    for thread in threads:
+        thread.stop(timeout)

@@ -66,6 +66,11 @@ def make_window(
     return reports.Window(start, end)
 
 
+def _remember_raw(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta["raw_csv"] = value
+    return value
+
+
 def window_options(fn: Callable[..., None]) -> Callable[..., None]:
     decorators = [
         click.option("--since", metavar="WHEN",
@@ -76,6 +81,9 @@ def window_options(fn: Callable[..., None]) -> Callable[..., None]:
         click.option("--flow-id", help="Only this flow_id."),
         click.option("--format", "fmt", type=click.Choice(FORMATS), default="table",
                      show_default=True, help="Aligned table, CSV or JSON."),
+        click.option("--raw-csv", is_flag=True, expose_value=False, callback=_remember_raw,
+                     help="CSV cells exactly as stored: no quote put before a leading "
+                          "= + - @ TAB or CR (see docs/reporting.md)."),
     ]  # fmt: skip
     for decorate in reversed(decorators):
         fn = decorate(fn)
@@ -124,10 +132,22 @@ def key_order(value: Any) -> Any:
     return value
 
 
+# Characters that would drive a terminal (escape sequences, carriage returns, bells):
+# shown as U+FFFD in tables, which are for people at a terminal.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str, raw: bool = False) -> str:
+    """A text cell for CSV: a leading formula character is neutralised with a quote."""
+    return "'" + text if not raw and text.startswith(FORMULA_START) else text
+
+
 def _table_cell(value: Any) -> str:
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    text = cell(value)
+    text = _CONTROL.sub("\ufffd", cell(value))
     return text if len(text) <= TABLE_CELL_LIMIT else text[: TABLE_CELL_LIMIT - 1] + "…"
 
 
@@ -164,20 +184,30 @@ def answer_keys(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(keys)
 
 
-def render_csv(result: reports.Report) -> str:
+def render_csv(result: reports.Report, raw: bool = False) -> str:
+    """CSV, one line per row. A value with a carriage return is quoted (its whole row
+    is), so it never splits a row; text starting like a formula gets a leading quote
+    unless ``raw``."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    minimal = csv.writer(buffer, lineterminator="\n")
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def write(values: list[Any]) -> None:
+        cells = [csv_text(v, raw) if isinstance(v, str) else cell(v) for v in values]
+        (quoted if any("\r" in c for c in cells) else minimal).writerow(cells)
+
     if result.name != "completions":
-        writer.writerow(result.columns)
-        writer.writerows([cell(row.get(c)) for c in result.columns] for row in result.rows)
+        write(list(result.columns))
+        for row in result.rows:
+            write([row.get(c) for c in result.columns])
         return buffer.getvalue()
     # One column per answer key, so a spreadsheet can filter and pivot on answers.
     base = [c for c in result.columns if c != "response"]
     keys = answer_keys(result.rows)
-    writer.writerow(base + [f"answer.{k}" for k in keys])
+    write(base + [f"answer.{k}" for k in keys])
     for row in result.rows:
         answers = row["response"] if isinstance(row.get("response"), dict) else {}
-        writer.writerow([cell(row.get(c)) for c in base] + [cell(answers.get(k)) for k in keys])
+        write([row.get(c) for c in base] + [answers.get(k) for k in keys])
     return buffer.getvalue()
 
 
@@ -192,9 +222,10 @@ def render_json(result: reports.Report, window: reports.Window, flow_id: str | N
     return json.dumps(doc, ensure_ascii=False, indent=2)
 
 
-def render(result: reports.Report, fmt: str, window: reports.Window, flow_id: str | None) -> str:
+def render(result: reports.Report, fmt: str, window: reports.Window, flow_id: str | None,
+           raw_csv: bool = False) -> str:  # fmt: skip
     if fmt == "csv":
-        return render_csv(result).rstrip("\n")
+        return render_csv(result, raw_csv).rstrip("\n")
     if fmt == "json":
         return render_json(result, window, flow_id)
     return render_table(result)
@@ -225,7 +256,8 @@ def _emit(name: str, since: str | None, until: str | None, flow_id: str | None, 
         orig = getattr(err, "orig", None) or err
         first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
         raise click.ClickException(f"report {name} failed: {first}") from None
-    click.echo(render(result, fmt, window, flow_id))
+    raw_csv = bool(click.get_current_context().meta.get("raw_csv"))
+    click.echo(render(result, fmt, window, flow_id, raw_csv))
 
 
 @report.command("funnel")
