@@ -54,10 +54,10 @@ def post_vector(client: FlaskClient, v: dict[str, Any]) -> Any:
 def flows_settings(*key_files: str, **overrides: Any) -> dict[str, Any]:
     """Settings overrides for an app serving the example handler with the vector keys."""
     settings: dict[str, Any] = {
-        "flows_private_keys": tuple(key_path(f) for f in key_files or ("private_key.pem",)),
-        "flows_private_key_passphrases": (PASSPHRASE,),
+        "flows_private_key": tuple(key_path(f) for f in key_files or ("private_key.pem",)),
+        "flows_private_key_passphrase": (PASSPHRASE,),
         "flows_handler": EXAMPLE_HANDLER,
-        "meta_app_secrets": (APP_SECRET,),
+        "meta_app_secret": (APP_SECRET,),
     }
     settings.update(overrides)
     return settings

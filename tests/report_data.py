@@ -219,7 +219,8 @@ def loaded_database(backend: str, new_database_url: Callable[[str], str]) -> str
         url = new_database_url(backend)
         engine = make_engine(url)
         migrate.upgrade(engine)
-        app = create_app(Settings(database_url=url, webhook_secrets=(SECRET,)))
+        settings = Settings().with_overrides(database_url=url, sinch_webhook_secrets=(SECRET,))
+        app = create_app(settings)
         try:
             build(app.test_client(), engine)
         finally:

@@ -9,14 +9,8 @@ import pytest
 from webhook.core.timeparse import ParseError, parse_time
 from webhook.ingest.body import InvalidBody, load_body
 from webhook.ingest.fields import normalize_identity
-from webhook.ingest.parsers import (
-    TRIGGER_KEYS,
-    TRIGGERS,
-    UNKNOWN,
-    detect_trigger,
-    parse_callback,
-    parse_flow_reply,
-)
+from webhook.ingest.flow_reply import parse_flow_reply
+from webhook.ingest.parsers import TRIGGER_KEYS, TRIGGERS, UNKNOWN, detect_trigger, parse_callback
 from webhook.ingest.records import FlowResponseRecord, InboundMessageRecord
 
 

@@ -254,7 +254,7 @@ def test_body_changed_after_signing_is_401(client: FlaskClient, engine: Engine) 
 
 
 def test_rotation(make_app: Any, engine: Engine) -> None:
-    client = make_app(webhook_secrets=("old", "new")).test_client()
+    client = make_app(sinch_webhook_secrets=("old", "new")).test_client()
     assert post_callback(client, fixture_bytes("message_inbound__text"), "old").status_code == 200
     assert post_callback(client, fixture_bytes("message_inbound__media"), "new").status_code == 200
     assert (
@@ -267,7 +267,7 @@ def test_rotation(make_app: Any, engine: Engine) -> None:
 def test_unsigned_mode_accepts_and_warns(
     make_app: Any, engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app: Flask = make_app(webhook_secrets=())
+    app: Flask = make_app(sinch_webhook_secrets=())
     assert "WITHOUT signature verification" in caplog.text
     response = app.test_client().post(
         "/sinch/callbacks", data=fixture_bytes("message_inbound__text")
@@ -279,7 +279,7 @@ def test_unsigned_mode_accepts_and_warns(
 def test_stale_signature_refused_when_max_age_set(make_app: Any, engine: Engine) -> None:
     from webhook.ingest.signing import sign_headers
 
-    client = make_app(webhook_secrets=("s",), signature_max_age_seconds=300).test_client()
+    client = make_app(sinch_webhook_secrets=("s",), signature_max_age_seconds=300).test_client()
     body = fixture_bytes("message_inbound__text")
     old = sign_headers("s", body, "n1", timestamp=1_600_000_000)
     response = client.post("/sinch/callbacks", data=body, headers=old)
@@ -290,7 +290,7 @@ def test_stale_signature_refused_when_max_age_set(make_app: Any, engine: Engine)
 
 
 def test_oversized_body_is_413(make_app: Any, engine: Engine) -> None:
-    client = make_app(webhook_secrets=(), max_content_length=1000).test_client()
+    client = make_app(sinch_webhook_secrets=(), max_content_length=1000).test_client()
     body = json.dumps({"message": {"id": "x" * 2000}}).encode()
     response = client.post("/sinch/callbacks", data=body)
     assert response.status_code == 413
@@ -299,7 +299,9 @@ def test_oversized_body_is_413(make_app: Any, engine: Engine) -> None:
 
 
 def test_database_down_is_503_with_retry_after(make_app: Any, engine: Engine) -> None:
-    app = make_app(database_url="postgresql+psycopg://127.0.0.1:1/nothing", webhook_secrets=())
+    app = make_app(
+        database_url="postgresql+psycopg://127.0.0.1:1/nothing", sinch_webhook_secrets=()
+    )
     response = app.test_client().post(
         "/sinch/callbacks", data=fixture_bytes("message_inbound__text")
     )

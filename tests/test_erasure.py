@@ -45,7 +45,7 @@ UNSUPPORTED_FLOW = json.dumps({
 
 @pytest.fixture
 def erasing_app(make_app: Any) -> Flask:
-    app: Flask = make_app(erasure_key=KEY, webhook_secrets=(), log_format="json")
+    app: Flask = make_app(erasure_key=KEY, sinch_webhook_secrets=(), log_format="json")
     return app
 
 
@@ -88,7 +88,9 @@ def dump(engine: Engine) -> str:
 
 
 def erase(app: Flask, *args: str) -> Any:
-    return app.test_cli_runner().invoke(args=["contacts", "erase", *args])
+    """`contacts erase ARGS`, confirmed (--yes) unless it is a dry run."""
+    confirm = [] if "--dry-run" in args or "--yes" in args else ["--yes"]
+    return app.test_cli_runner().invoke(args=["contacts", "erase", *args, *confirm])
 
 
 def test_erasing_a_number_removes_every_trace_and_keeps_the_answers(
@@ -237,7 +239,7 @@ def test_dry_run_counts_and_changes_nothing(erasing_app: Flask, engine: Engine) 
 
 
 def test_refuses_without_a_key(make_app: Any, engine: Engine) -> None:
-    result = erase(make_app(erasure_key=""), "--identity", ANA_NUMBER)
+    result = erase(make_app(erasure_key=None), "--identity", ANA_NUMBER)
     assert result.exit_code == 1
     [line] = result.output.strip().splitlines()
     assert line.startswith("Error: ERASURE_KEY is not set")
@@ -246,7 +248,7 @@ def test_refuses_without_a_key(make_app: Any, engine: Engine) -> None:
 @pytest.mark.parametrize("args", [[], ["--identity", "1", "--contact-id", "2"]])
 def test_exactly_one_key(erasing_app: Flask, engine: Engine, args: list[str]) -> None:
     result = erase(erasing_app, *args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error
     assert "exactly one of --identity or --contact-id" in result.output
 
 
@@ -290,3 +292,15 @@ def test_documents_that_do_not_mention_the_person_are_left_alone() -> None:
     assert new["message"]["contact_message"]["text_message"]["text"] is None  # if forced
     _, mentioned = r.document({"x": {"text": f"call me on +{ANA_NUMBER}"}})
     assert mentioned
+
+
+def test_erasure_asks_first_and_stops_on_no(erasing_app: Flask, engine: Engine) -> None:
+    load_everything(erasing_app.test_client(), engine)
+    before = dump(engine)
+    runner = erasing_app.test_cli_runner()
+    refused = runner.invoke(args=["contacts", "erase", "--identity", ANA_NUMBER], input="n\n")
+    assert refused.exit_code == 1 and "cannot be undone" in refused.output
+    assert dump(engine) == before
+    agreed = runner.invoke(args=["contacts", "erase", "--identity", ANA_NUMBER], input="y\n")
+    assert agreed.exit_code == 0, agreed.output
+    assert ANA_NUMBER not in dump(engine)

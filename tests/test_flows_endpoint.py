@@ -144,7 +144,7 @@ def test_negative_cases_are_refused_with_an_empty_body(
     ],
 )
 def test_malformed_bodies_answer_421(make_app: MakeApp, body: bytes) -> None:
-    client = make_app(**flows_settings(meta_app_secrets=())).test_client()
+    client = make_app(**flows_settings(meta_app_secret=())).test_client()
     response = post_flow(client, body)
     assert response.status_code == 421
     assert response.get_data() == b""
@@ -154,7 +154,7 @@ def test_malformed_bodies_answer_421(make_app: MakeApp, body: bytes) -> None:
 
 
 def test_signature_off_accepts_unsigned_and_wrongly_signed_requests(make_app: MakeApp) -> None:
-    client = make_app(**flows_settings(meta_app_secrets=())).test_client()
+    client = make_app(**flows_settings(meta_app_secret=())).test_client()
     v = vector("01_ping")
     assert post_flow(client, v["request"]["http_body"]).status_code == 200
     [bad] = [c for c in NEGATIVE_CASES if c["name"] == "bad_signature"]
@@ -172,9 +172,9 @@ def test_signature_on_refuses_a_missing_header(make_app: MakeApp, engine: Engine
 
 
 def test_any_configured_app_secret_matches(make_app: MakeApp) -> None:
-    client = make_app(**flows_settings(meta_app_secrets=("new-secret", APP_SECRET))).test_client()
+    client = make_app(**flows_settings(meta_app_secret=("new-secret", APP_SECRET))).test_client()
     assert post_vector(client, vector("01_ping")).status_code == 200
-    only_new = make_app(**flows_settings(meta_app_secrets=("new-secret",))).test_client()
+    only_new = make_app(**flows_settings(meta_app_secret=("new-secret",))).test_client()
     assert post_vector(only_new, vector("01_ping")).status_code == 432
 
 
@@ -229,7 +229,9 @@ def test_error_key_notification_is_acknowledged(make_app: MakeApp, engine: Engin
 
 
 def test_known_token_passes_until_the_flow_is_completed(make_app: MakeApp, engine: Engine) -> None:
-    app = make_app(**flows_settings(flows_require_known_token=True, webhook_secrets=(SECRET,)))
+    app = make_app(
+        **flows_settings(flows_require_known_token=True, sinch_webhook_secrets=(SECRET,))
+    )
     client = app.test_client()
     submit = json.dumps(fixture_json("message_submit__flows")).encode()
     assert post_callback(client, submit).status_code == 200
@@ -252,7 +254,9 @@ def test_known_token_passes_until_the_flow_is_completed(make_app: MakeApp, engin
 
 
 def test_a_flow_response_row_completes_the_token(make_app: MakeApp) -> None:
-    app = make_app(**flows_settings(flows_require_known_token=True, webhook_secrets=(SECRET,)))
+    app = make_app(
+        **flows_settings(flows_require_known_token=True, sinch_webhook_secrets=(SECRET,))
+    )
     client = app.test_client()
     post_callback(client, json.dumps(fixture_json("message_submit__flows")).encode())
     post_callback(client, json.dumps(fixture_json("message_inbound__flow_nfm_reply")).encode())
@@ -277,7 +281,7 @@ def test_token_check_without_a_database_answers_503(
 def test_completion_here_joins_its_flow_response_by_token(
     make_app: MakeApp, engine: Engine
 ) -> None:
-    client = make_app(**flows_settings(webhook_secrets=(SECRET,))).test_client()
+    client = make_app(**flows_settings(sinch_webhook_secrets=(SECRET,))).test_client()
     status, answer = exchange(client, summary(SENT_TOKEN))
     assert status == 200
     params = answer["data"]["extension_message_response"]["params"]
@@ -395,9 +399,9 @@ def test_key_rotation_decrypts_requests_for_either_key(make_app: MakeApp, engine
     new_pem, _ = crypto.generate_key_pair("rotation passphrase")
     new_key = crypto.load_private_key(new_pem, "rotation passphrase")
     settings = flows_settings(
-        meta_app_secrets=(),
-        flows_private_keys=(new_pem.decode(), key_path("private_key_encrypted_pkcs1_des3.pem")),
-        flows_private_key_passphrases=("rotation passphrase", PASSPHRASE),
+        meta_app_secret=(),
+        flows_private_key=(new_pem.decode(), key_path("private_key_encrypted_pkcs1_des3.pem")),
+        flows_private_key_passphrase=("rotation passphrase", PASSPHRASE),
     )
     client = make_app(**settings).test_client()
     # Old key (second in the list): the vectors still decrypt.
@@ -423,9 +427,9 @@ def test_round_trip_encrypted_as_whatsapp_does(make_app: MakeApp, tmp_path: Any)
     )
     (tmp_path / "key.pem").write_bytes(pem)
     settings = flows_settings(
-        meta_app_secrets=("s3cret",),
-        flows_private_keys=(str(tmp_path / "key.pem"),),
-        flows_private_key_passphrases=("round trip",),
+        meta_app_secret=("s3cret",),
+        flows_private_key=(str(tmp_path / "key.pem"),),
+        flows_private_key_passphrase=("round trip",),
     )
     client = make_app(**settings).test_client()
     aes_key, iv = os.urandom(16), os.urandom(16)
@@ -520,11 +524,11 @@ def test_without_keys_the_endpoint_says_it_is_not_configured(client: Any, engine
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"flows_private_key_passphrases": ("wrong",)},
+        ({"flows_private_key_passphrase": ("wrong",)},
          "FLOWS_PRIVATE_KEY_PASSPHRASE: key 1 of 1: the passphrase does not decrypt the key"),
-        ({"flows_private_key_passphrases": ()},
+        ({"flows_private_key_passphrase": ()},
          "FLOWS_PRIVATE_KEY_PASSPHRASE: key 1 of 1: the key is encrypted and no passphrase is set"),
-        ({"flows_private_keys": ("/nonexistent/key.pem",)},
+        ({"flows_private_key": ("/nonexistent/key.pem",)},
          "FLOWS_PRIVATE_KEY: key 1 of 1: cannot read key file '/nonexistent/key.pem'"),
         ({"flows_handler": "webhook.flows.example_booking:missing"},
          "FLOWS_HANDLER: 'webhook.flows.example_booking' has no attribute 'missing'"),
@@ -533,7 +537,7 @@ def test_without_keys_the_endpoint_says_it_is_not_configured(client: Any, engine
 def test_bad_flows_settings_fail_at_start_up(
     tmp_path: Any, overrides: dict[str, Any], message: str
 ) -> None:
-    settings = Settings(
+    settings = Settings().with_overrides(
         database_url=f"sqlite:///{tmp_path}/x.db",
         **{**flows_settings("private_key_encrypted_pkcs8.pem"), **overrides},
     )

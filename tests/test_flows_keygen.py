@@ -28,7 +28,7 @@ def make_app(make_app: MakeApp) -> Iterator[MakeApp]:
 
 
 def cli_app(tmp_path: Path) -> Flask:
-    return create_app(Settings(database_url=f"sqlite:///{tmp_path}/cli.db"))
+    return create_app(Settings().with_overrides(database_url=f"sqlite:///{tmp_path}/cli.db"))
 
 
 def keygen(app: Flask, tmp_path: Path, *args: str, input: str | None = None) -> Result:
@@ -73,13 +73,24 @@ def test_keygen_refuses_a_short_passphrase(tmp_path: Path) -> None:
     assert not (tmp_path / "flows.pem").exists()
 
 
+@pytest.mark.parametrize("passphrase", ["comma,separated", " leading space", "trailing space "])
+def test_keygen_refuses_a_passphrase_the_variable_cannot_hold(
+    tmp_path: Path, passphrase: str
+) -> None:
+    """FLOWS_PRIVATE_KEY_PASSPHRASE is comma-separated, spaces around each removed."""
+    result = keygen(cli_app(tmp_path), tmp_path, "--passphrase", passphrase)
+    assert result.exit_code == 1
+    assert "cannot contain a comma or start or end with a space" in result.output
+    assert not (tmp_path / "flows.pem").exists()
+
+
 def test_generated_key_serves_the_endpoint(tmp_path: Path, make_app: Callable[..., Flask]) -> None:
     assert keygen(cli_app(tmp_path), tmp_path, "--passphrase", "correct horse").exit_code == 0
     public = crypto.load_private_key(str(tmp_path / "flows.pem"), "correct horse").public_key()
     settings = flows_settings(
-        meta_app_secrets=(),
-        flows_private_keys=(str(tmp_path / "flows.pem"),),
-        flows_private_key_passphrases=("correct horse",),
+        meta_app_secret=(),
+        flows_private_key=(str(tmp_path / "flows.pem"),),
+        flows_private_key_passphrase=("correct horse",),
     )
     client = make_app(**settings).test_client()
     fields, aes_key, iv = crypto.encrypt_request({"action": "INIT", "flow_token": "k"}, public)

@@ -23,6 +23,7 @@ from tests.sinch_stub import (
     running_stub,
     sinch_error,
 )
+from webhook.core.settings import ConfigError, Settings
 from webhook.flows.batch import Pacer
 
 SEED_OPTIONS = [
@@ -53,7 +54,7 @@ def sinch() -> Iterator[SinchStub]:
 @pytest.fixture
 def send_app(make_app: Callable[..., Flask], sinch: SinchStub) -> Flask:
     return make_app(
-        webhook_secrets=(SECRET,),
+        sinch_webhook_secrets=(SECRET,),
         sinch_project_id=PROJECT,
         sinch_app_id=APP_ID,
         sinch_key_id=KEY_ID,
@@ -222,12 +223,10 @@ def test_missing_credentials_is_one_line(make_app: Callable[..., Flask], engine:
     assert rows(engine, "flow_sends") == []
 
 
-def test_bad_region_is_one_line(make_app: Callable[..., Flask]) -> None:
-    app = make_app(sinch_project_id="p", sinch_app_id="a", sinch_key_id="k",
-                   sinch_key_secret="s", sinch_region="ap")  # fmt: skip
-    result = app.test_cli_runner().invoke(args=["flows", "send", "--to", "5511987654321", *BASIC])
-    assert result.exit_code == 1
-    assert result.stderr == "Error: SINCH_REGION must be one of us, eu, br; got 'ap'\n"
+def test_bad_region_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"SINCH_PROJECT_ID": "p", "SINCH_REGION": "ap"})
+    assert str(err.value) == "SINCH_REGION: must be one of us, eu, br; got 'ap'"
 
 
 def test_unusable_database_stops_before_sending(

@@ -29,7 +29,7 @@ def sinch() -> Iterator[SinchStub]:
 @pytest.fixture
 def send_app(make_app: Callable[..., Flask], sinch: SinchStub) -> Flask:
     return make_app(
-        webhook_secrets=(SECRET,),
+        sinch_webhook_secrets=(SECRET,),
         sinch_project_id=PROJECT,
         sinch_app_id=APP_ID,
         sinch_key_id=KEY_ID,

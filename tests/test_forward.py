@@ -138,7 +138,7 @@ def test_confirmation_above_100_events_and_dry_run(
 
 
 def test_bad_options(make_app: Callable[..., Flask], engine: Engine) -> None:
-    runner = make_app(webhook_secrets=()).test_cli_runner()
+    runner = make_app(sinch_webhook_secrets=()).test_cli_runner()
     no_secret = runner.invoke(args=["events", "forward", "--to", "http://127.0.0.1:1/"])
     assert no_secret.exit_code == 1
     assert "no secret to sign with: pass --secret or set SINCH_WEBHOOK_SECRETS" in no_secret.output

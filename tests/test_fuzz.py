@@ -34,13 +34,8 @@ from webhook.core.timeparse import ParseError, parse_time
 from webhook.db.models import CallbackEvent
 from webhook.ingest.append import body_digest
 from webhook.ingest.body import InvalidBody, JSONError, load_body, loads_json
-from webhook.ingest.parsers import (
-    PARSERS,
-    TRIGGER_KEYS,
-    parse_callback,
-    parse_envelope,
-    parse_flow_reply,
-)
+from webhook.ingest.flow_reply import parse_flow_reply
+from webhook.ingest.parsers import PARSERS, TRIGGER_KEYS, parse_callback, parse_envelope
 from webhook.ingest.records import ParsedCallback
 from webhook.replay.simulate import SimulationConfig, simulate
 
@@ -493,7 +488,7 @@ def signed_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str], bool]:
 @pytest.fixture
 def fuzz_app(make_app: Callable[..., Flask]) -> Flask:
     # A small body limit, so the fuzzer also meets 413.
-    return make_app(webhook_secrets=(SECRET,), max_content_length=4096)
+    return make_app(sinch_webhook_secrets=(SECRET,), max_content_length=4096)
 
 
 def test_endpoint_answers_only_200_400_401_413_and_stores_every_200(

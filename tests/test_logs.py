@@ -74,7 +74,7 @@ def test_auto_format_is_text_on_a_terminal_only() -> None:
 
 
 def test_level_comes_from_settings(make_app: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    app = make_app(log_level="WARNING", log_format="json", webhook_secrets=())
+    app = make_app(log_level="WARNING", log_format="json", sinch_webhook_secrets=())
     capsys.readouterr()
     app.test_client().post("/sinch/callbacks", data=fixture_bytes("message_inbound__text"))
     app.test_client().post("/sinch/callbacks", data=b"[]")
@@ -85,7 +85,7 @@ def test_level_comes_from_settings(make_app: Any, capsys: pytest.CaptureFixture[
 def test_one_line_per_callback_with_the_callers_request_id(
     make_app: Any, engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = make_app(log_format="json", webhook_secrets=(SECRET,)).test_client()
+    client = make_app(log_format="json", sinch_webhook_secrets=(SECRET,)).test_client()
     capsys.readouterr()
     body = fixture_bytes("message_inbound__flow_nfm_reply")
     response = client.post("/sinch/callbacks", data=body,
@@ -105,7 +105,7 @@ def test_one_line_per_callback_with_the_callers_request_id(
 def test_request_id_is_generated_unless_given_a_plain_one(
     make_app: Any, engine: Engine, capsys: pytest.CaptureFixture[str], given: str | None
 ) -> None:
-    client = make_app(log_format="json", webhook_secrets=()).test_client()
+    client = make_app(log_format="json", sinch_webhook_secrets=()).test_client()
     headers = {} if given is None else {"X-Request-Id": given}
     response = client.post("/sinch/callbacks", data=b"{}", headers=headers)
     rid = response.headers["X-Request-Id"]
@@ -118,7 +118,7 @@ def test_request_id_is_generated_unless_given_a_plain_one(
 def test_rejections_are_warnings_with_their_code(
     make_app: Any, engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = make_app(log_format="json", webhook_secrets=(SECRET,)).test_client()
+    client = make_app(log_format="json", sinch_webhook_secrets=(SECRET,)).test_client()
     capsys.readouterr()
     client.post("/sinch/callbacks", data=b"{}", headers=sign(b"{}", "wrong"))
     [line] = callback_lines(capsys.readouterr().err)
@@ -150,7 +150,7 @@ def test_no_secret_body_or_answer_in_any_log_line(
     make_app: Any, engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     metrics_token, erasure_key = "metrics-token-7c1e", "erasure-key-93ab"
-    app = make_app(log_format="json", log_level="DEBUG", webhook_secrets=(SECRET,),
+    app = make_app(log_format="json", log_level="DEBUG", sinch_webhook_secrets=(SECRET,),
                    metrics_token=metrics_token, erasure_key=erasure_key,
                    max_content_length=20_000)  # fmt: skip
     client = app.test_client()
@@ -174,7 +174,7 @@ def test_no_secret_body_or_answer_in_any_log_line(
         app.preprocess_request()
         record_flow_exchange("data_exchange", 200, 0.01, screen="DETAILS")
     runner = app.test_cli_runner()
-    erased = runner.invoke(args=["contacts", "erase", "--identity", "+5511987654321"])
+    erased = runner.invoke(args=["contacts", "erase", "--identity", "+5511987654321", "--yes"])
     assert erased.exit_code == 0, erased.output
     pruned = runner.invoke(args=["events", "prune", "--older-than", "0", "--yes"])
     assert pruned.exit_code == 0, pruned.output

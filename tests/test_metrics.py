@@ -68,9 +68,9 @@ def test_every_callback_outcome_is_counted(client: FlaskClient, make_app: Any) -
     assert post_callback(client, FAILING_BODY.encode()).get_json()["status"] == "pending"
     assert post_callback(client, text_body, secret="wrong").status_code == 401
     assert post_callback(client, b"not json").status_code == 400
-    small = make_app(webhook_secrets=(), max_content_length=100).test_client()
+    small = make_app(sinch_webhook_secrets=(), max_content_length=100).test_client()
     assert small.post("/sinch/callbacks", data=b"{" + b" " * 200 + b"}").status_code == 413
-    down = make_app(database_url="postgresql+psycopg://127.0.0.1:1/none", webhook_secrets=())
+    down = make_app(database_url="postgresql+psycopg://127.0.0.1:1/none", sinch_webhook_secrets=())
     assert down.test_client().post("/sinch/callbacks", data=text_body).status_code == 503
     after = scrape(client)
 
@@ -102,7 +102,7 @@ def test_every_callback_outcome_is_counted(client: FlaskClient, make_app: Any) -
 
 
 def test_pending_gauges_show_the_projector_lag(make_app: Any, engine: Engine) -> None:
-    client = make_app(projector=False, webhook_secrets=(SECRET,)).test_client()
+    client = make_app(projector=False, sinch_webhook_secrets=(SECRET,)).test_client()
     samples = scrape(client)
     assert value(samples, "flowhooks_events_pending") == 0
     assert value(samples, "flowhooks_events_pending_oldest_age_seconds") == 0

@@ -65,7 +65,8 @@ def test_flask_db_upgrade_unreachable_database_is_one_line() -> None:
     from webhook import create_app
     from webhook.core.settings import Settings
 
-    app = create_app(Settings(database_url="postgresql+psycopg://127.0.0.1:1/none"))
+    nowhere = "postgresql+psycopg://127.0.0.1:1/none"
+    app = create_app(Settings().with_overrides(database_url=nowhere))
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert result.exit_code == 1
     assert result.output.startswith("Error: upgrade failed: database unavailable")

@@ -278,7 +278,7 @@ def test_two_projector_processes_project_each_event_once(
 def test_projector_off_stores_pending_until_events_project(
     make_app: Callable[..., Flask], engine: Engine
 ) -> None:
-    app = make_app(projector=False, webhook_secrets=(SECRET,))
+    app = make_app(projector=False, sinch_webhook_secrets=(SECRET,))
     assert state(app).projector is None
     client = app.test_client()
     bodies = [*FIXTURE_BODIES, *BROKEN]

@@ -129,7 +129,7 @@ def test_rebuild_after_erasure_brings_nothing_back(
     messages = ingest_aged(engine, [0])
     app = make_app(erasure_key="k" * 32)
     erased = messages[0].identity
-    result = app.test_cli_runner().invoke(args=["contacts", "erase", "--identity", erased])
+    result = app.test_cli_runner().invoke(args=["contacts", "erase", "--identity", erased, "--yes"])
     assert result.exit_code == 0, result.output
     before = snapshot(engine, PROJECTION_TABLES)
     rebuild(engine)

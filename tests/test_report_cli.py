@@ -279,7 +279,7 @@ def test_csv_neutralises_formulas_and_quotes_carriage_returns() -> None:
         assert first[f"answer.{key}"] == "'" + HOSTILE[key], key
     assert first["answer.plain"] == "Ana"
     assert first["answer.count"] == "-5"  # a number is not text: left as it is
-    assert "\"'\rline one\rline two\"" in text  # quoted: the row stays whole
+    assert '"\'\rline one\rline two"' in text  # quoted: the row stays whole
 
 
 def test_raw_csv_keeps_the_values_as_stored() -> None:

@@ -12,8 +12,10 @@ from webhook.db.engine import make_engine
 
 
 def test_setting_defaults_to_full_and_refuses_other_values() -> None:
-    assert Settings.from_env({}).sqlite_synchronous == "FULL"
-    assert Settings.from_env({"SQLITE_SYNCHRONOUS": "normal"}).sqlite_synchronous == "NORMAL"
+    assert Settings.from_env({}).database.sqlite_synchronous == "FULL"
+    assert (
+        Settings.from_env({"SQLITE_SYNCHRONOUS": "normal"}).database.sqlite_synchronous == "NORMAL"
+    )
     with pytest.raises(ConfigError, match="SQLITE_SYNCHRONOUS"):
         Settings.from_env({"SQLITE_SYNCHRONOUS": "OFF"})
     with pytest.raises(ValueError, match="sqlite_synchronous"):

@@ -23,16 +23,16 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app; nothing connects to the database until a request or command needs it."""
     settings = settings or Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.ops.log_level, settings.ops.log_format)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    app.config["MAX_CONTENT_LENGTH"] = settings.http.max_content_length
     app.config["JSON_SORT_KEYS"] = False
     if config:
         app.config.update(config)
     engine = make_engine(
-        settings.database_url,
-        sqlite_synchronous=settings.sqlite_synchronous,
-        pool_size=settings.database_pool_size,
+        settings.database.url,
+        sqlite_synchronous=settings.database.sqlite_synchronous,
+        pool_size=settings.database.pool_size,
     )
     app_state = app.extensions[EXTENSION_KEY] = AppState(settings, engine, head_revision())
 
@@ -48,9 +48,9 @@ def create_app(settings: Settings | None = None, config: Mapping[str, Any] | Non
     register_error_handlers(app)
 
     serving = _serving()
-    if settings.projector and serving:
+    if settings.projection.in_process and serving:
         _start_projector(app_state)
-    if not settings.webhook_secrets and serving:
+    if not settings.callbacks.secrets and serving:
         log.warning(
             "SINCH_WEBHOOK_SECRETS is not set: callbacks are accepted WITHOUT signature "
             "verification. Set it to the webhook secret configured in Sinch."

@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 import click
-from sqlalchemy import Engine, exc
+from sqlalchemy import Engine
 
-from webhook.core.errors import StorageUnavailable
+from webhook.core.errors import UNAVAILABLE_ERRORS, StorageUnavailable, first_line
 from webhook.core.state import state
 from webhook.core.timeparse import ParseError, parse_time
 
@@ -28,9 +28,8 @@ def database_errors() -> Iterator[None]:
         yield
     except StorageUnavailable as err:
         raise click.ClickException(f"database unavailable: {err}") from None
-    except (exc.OperationalError, exc.InterfaceError) as err:
-        first = (str(err.orig or err).strip().splitlines() or [""])[0]
-        raise click.ClickException(f"database unavailable: {first}") from None
+    except UNAVAILABLE_ERRORS as err:
+        raise click.ClickException(f"database unavailable: {first_line(err)}") from None
 
 
 class _Quiet:

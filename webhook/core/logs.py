@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
+from webhook.core.settings import LOG_FORMATS as FORMATS
 from webhook.core.settings import ConfigError
 
-FORMATS = ("json", "text", "auto")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _BASE_KEYS = ("ts", "level", "logger", "msg")
 

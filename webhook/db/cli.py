@@ -8,6 +8,8 @@ import click
 from sqlalchemy import Engine, exc
 
 from webhook.core.cli import db
+from webhook.core.cli_support import database_errors
+from webhook.core.errors import first_line
 from webhook.core.state import state
 from webhook.db import migrate
 
@@ -24,8 +26,9 @@ def _run(action: str, fn: Callable[..., object], *args: object) -> None:
     except CommandError as err:
         raise click.ClickException(f"{action} failed: {err}") from None
     except exc.OperationalError as err:
-        first = (str(err.orig).strip().splitlines() or [""])[0]
-        raise click.ClickException(f"{action} failed: database unavailable: {first}") from None
+        raise click.ClickException(
+            f"{action} failed: database unavailable: {first_line(err)}"
+        ) from None
 
 
 @db.command("upgrade")
@@ -47,11 +50,8 @@ def db_downgrade(revision: str) -> None:
 @db.command("current")
 def db_current() -> None:
     """Print the database's current revision and the latest one."""
-    current = None
-    try:
+    with database_errors():
         current = migrate.current_revision(_engine())
-    except exc.OperationalError as err:
-        raise click.ClickException(f"database unavailable: {err.orig}") from None
     head = migrate.head_revision()
     suffix = " (latest)" if current == head else f" (latest is {head})"
     click.echo(f"{current or 'empty'}{suffix}")

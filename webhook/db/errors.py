@@ -5,20 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from sqlalchemy import exc
-
-from webhook.core.errors import StorageUnavailable
+from webhook.core.errors import UNAVAILABLE_ERRORS, StorageUnavailable, first_line
 
 __all__ = ["UNAVAILABLE_ERRORS", "StorageUnavailable", "describe_error", "is_unavailable"]
-
-# Errors that mean "the database is not there right now", as opposed to "this row is bad".
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    exc.OperationalError,
-    exc.InterfaceError,
-    exc.DisconnectionError,
-    exc.TimeoutError,
-    exc.ResourceClosedError,
-)
 
 
 def is_unavailable(err: BaseException) -> bool:
@@ -37,6 +26,5 @@ def is_unavailable(err: BaseException) -> bool:
 def describe_error(err: BaseException) -> str:
     """One line naming an error, never its SQL parameters (they may hold personal data)."""
     orig = getattr(err, "orig", None) or err
-    first_line = (str(orig).strip().splitlines() or [""])[0]
     # PostgreSQL text cannot hold NUL; the error must be storable whatever caused it.
-    return f"{type(orig).__name__}: {first_line}"[:500].replace("\x00", "")
+    return f"{type(orig).__name__}: {first_line(orig)}"[:500].replace("\x00", "")

@@ -1,4 +1,4 @@
-"""Batch sends: recipients from a CSV file (pure) and a rate limiter.
+"""Batch sends: recipients from a CSV file (pure).
 
 CSV columns (a header row is required; names are case-insensitive):
   to            WhatsApp number (international format)       } one of the two
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import csv
 import json
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from webhook.core.outbound import Pacer as Pacer  # re-exported: batch sends are paced with it
 from webhook.flows.message import FlowMessage, validate
 
 COLUMNS = ("to", "contact_id", "token", "data", "metadata", "correlation_id")
@@ -127,28 +127,3 @@ def read_rows(lines: Iterable[str], template: FlowMessage) -> list[CsvRow]:
                 problems.append(f"flow token {message.token!r} is also on line {first}")
         rows.append(CsvRow(line, message, tuple(problems)))
     return rows
-
-
-class Pacer:
-    """Spaces calls to ``wait()`` at most ``rate`` per second (never bursts ahead)."""
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.interval = 1.0 / rate
-        self._clock = clock
-        self._sleep = sleep
-        self._next: float | None = None
-
-    def wait(self) -> None:
-        now = self._clock()
-        if self._next is not None and self._next > now:
-            self._sleep(self._next - now)
-            now = self._next
-        self._next = now + self.interval

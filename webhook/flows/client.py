@@ -3,8 +3,9 @@
 - Token: client-credentials grant against SINCH_AUTH_URL with HTTP Basic
   key_id:key_secret; cached until shortly before ``expires_in`` runs out, and fetched
   again once when the API answers 401 (a revoked or expired token).
-- Retries (tenacity): 429 (waiting what ``Retry-After`` asks, in seconds or as an
-  HTTP date), 5xx and connection failures, with exponential backoff and jitter.
+- Retries (webhook.core.outbound.RetryPolicy): 429 (waiting what ``Retry-After`` asks,
+  in seconds or as an HTTP date), 5xx and connection failures, with exponential
+  backoff and jitter.
   A send whose request may have reached Sinch (a read timeout, a dropped connection)
   is NOT retried: it could deliver the message twice. Token requests are always
   safe to retry.
@@ -14,27 +15,22 @@ The client is thread-safe: one token is shared by every thread.
 
 from __future__ import annotations
 
-import email.utils
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-import tenacity
 
-from webhook.core.settings import Settings
+from webhook.core.outbound import NOT_SENT, GaveUp, RetryPolicy, first_line
+from webhook.core.outbound import retry_after_seconds as retry_after_seconds  # re-exported
+from webhook.core.settings import DEFAULT_AUTH_URL, SINCH_REGIONS, Settings
 
-REGIONS = ("us", "eu", "br")
-DEFAULT_AUTH_URL = "https://auth.sinch.com/oauth2/token"
 USER_AGENT = "flowhooks/0.1"
 # Tokens are refreshed this long before Sinch says they expire (at most 10 % of the life).
 TOKEN_MARGIN_SECONDS = 60.0
-# Errors raised before the request left this machine: retrying cannot duplicate a send.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class SinchError(Exception):
@@ -76,7 +72,7 @@ class ClientConfig:
     project_id: str
     app_id: str
     key_id: str
-    key_secret: str
+    key_secret: str = field(repr=False)
     region: str = "us"
     api_base_url: str = ""
     auth_url: str = DEFAULT_AUTH_URL
@@ -88,18 +84,19 @@ class ClientConfig:
     max_retry_after_seconds: float = 60.0
 
     @classmethod
-    def from_settings(cls, s: Settings) -> ClientConfig:
+    def from_settings(cls, settings: Settings) -> ClientConfig:
+        s = settings.sinch
         return cls(
-            project_id=s.sinch_project_id,
-            app_id=s.sinch_app_id,
-            key_id=s.sinch_key_id,
-            key_secret=s.sinch_key_secret,
-            region=s.sinch_region,
-            api_base_url=s.sinch_api_base_url,
-            auth_url=s.sinch_auth_url or DEFAULT_AUTH_URL,
-            timeout_seconds=float(s.sinch_timeout_seconds),
-            max_attempts=s.sinch_max_attempts,
-            backoff_seconds=s.sinch_backoff_ms / 1000,
+            project_id=s.project_id,
+            app_id=s.app_id,
+            key_id=s.key_id,
+            key_secret=s.key_secret.reveal() if s.key_secret else "",
+            region=s.region,
+            api_base_url=s.api_base_url,
+            auth_url=s.auth_url,
+            timeout_seconds=float(s.timeout_seconds),
+            max_attempts=s.max_attempts,
+            backoff_seconds=s.backoff_ms / 1000,
         )
 
     def missing(self) -> list[str]:
@@ -117,9 +114,9 @@ class ClientConfig:
         if self.api_base_url:
             return self.api_base_url.rstrip("/")
         region = self.region.strip().lower()
-        if region not in REGIONS:
+        if region not in SINCH_REGIONS:
             raise SinchConfigError(
-                f"SINCH_REGION must be one of {', '.join(REGIONS)}; got {self.region!r}"
+                f"SINCH_REGION must be one of {', '.join(SINCH_REGIONS)}; got {self.region!r}"
             )
         return f"https://{region}.conversation.api.sinch.com"
 
@@ -132,23 +129,6 @@ class ClientConfig:
         if missing:
             raise SinchConfigError(f"missing settings for sending: {', '.join(missing)}")
         self.base_url()
-
-
-def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or HTTP date)."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    delta = (when - (now or datetime.now(UTC))).total_seconds()
-    return max(0.0, delta)
 
 
 def sinch_error_text(response: httpx.Response) -> str:
@@ -198,13 +178,6 @@ def _violations(details: object) -> list[str]:
     return found
 
 
-class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-
-
 class ConversationClient:
     """Calls the Conversation API; see the module docstring for the retry rules."""
 
@@ -223,15 +196,18 @@ class ConversationClient:
             timeout=httpx.Timeout(config.timeout_seconds),
             headers={"User-Agent": USER_AGENT},
         )
-        self._sleep = sleep
         self._clock = clock
         self._lock = threading.Lock()
         self._token: str | None = None
         self._token_deadline = 0.0
-        self._backoff = tenacity.wait_exponential_jitter(
-            multiplier=config.backoff_seconds,
-            max=config.backoff_max_seconds,
+        self._policy = RetryPolicy(
+            attempts=config.max_attempts,
+            backoff=config.backoff_seconds,
+            max_backoff=config.backoff_max_seconds,
             jitter=config.backoff_seconds,
+            max_retry_after=config.max_retry_after_seconds,
+            long_retry_after="give up",  # Sinch said how long: wait exactly that, or not at all
+            sleep=sleep,
         )
         self.token_requests = 0
 
@@ -330,60 +306,24 @@ class ConversationClient:
     def _with_retries(
         self, request: Callable[[], httpx.Response], *, idempotent: bool
     ) -> httpx.Response:
-        def attempt() -> httpx.Response:
-            try:
-                response = request()
-            except _NOT_SENT as err:
-                raise _Retryable(f"could not connect ({type(err).__name__}: {err})") from err
-            except httpx.TransportError as err:
-                if idempotent:
-                    raise _Retryable(f"no answer ({type(err).__name__}: {err})") from err
-                raise SinchOutcomeUnknown(
-                    f"no answer from Sinch ({type(err).__name__}); the message may or may not "
-                    "have been sent: check for its MESSAGE_SUBMIT callback before resending"
-                ) from err
-            if response.status_code == 429 or response.status_code >= 500:
-                raise _Retryable(
-                    sinch_error_text(response),
-                    retry_after_seconds(response.headers.get("Retry-After")),
-                )
-            return response
-
-        retrying = tenacity.Retrying(
-            stop=self._stop,
-            wait=self._wait,
-            retry=tenacity.retry_if_exception_type(_Retryable),
-            sleep=self._sleep,
-            reraise=True,
-        )
         try:
-            return retrying(attempt)
-        except _Retryable as err:
-            attempts = retrying.statistics.get("attempt_number", 1)
-            if (
-                err.retry_after is not None
-                and err.retry_after > self.config.max_retry_after_seconds
-            ):
+            return self._policy.send(request, idempotent=idempotent)
+        except httpx.TransportError as err:  # only when not idempotent: it may have been sent
+            raise SinchOutcomeUnknown(
+                f"no answer from Sinch ({type(err).__name__}); the message may or may not "
+                "have been sent: check for its MESSAGE_SUBMIT callback before resending"
+            ) from err
+        except GaveUp as err:
+            if err.response is not None:
+                reason = sinch_error_text(err.response)
+            else:
+                kind = "could not connect" if isinstance(err.error, NOT_SENT) else "no answer"
+                cause = err.error or err
+                reason = f"{kind} ({type(cause).__name__}: {first_line(cause)})"
+            if err.too_long:
                 raise SinchUnavailable(
                     f"Sinch asked to wait {err.retry_after:.0f} s before retrying (more than "
-                    f"{self.config.max_retry_after_seconds:.0f} s): {err.reason}"
+                    f"{self.config.max_retry_after_seconds:.0f} s): {reason}"
                 ) from err
-            raise SinchUnavailable(
-                f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}: {err.reason}"
-            ) from err
-
-    def _stop(self, state: tenacity.RetryCallState) -> bool:
-        if state.attempt_number >= self.config.max_attempts:
-            return True
-        err = state.outcome.exception() if state.outcome else None
-        return (
-            isinstance(err, _Retryable)
-            and err.retry_after is not None
-            and err.retry_after > self.config.max_retry_after_seconds
-        )
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        err = state.outcome.exception() if state.outcome else None
-        if isinstance(err, _Retryable) and err.retry_after is not None:
-            return err.retry_after  # Sinch said how long: wait exactly that
-        return float(self._backoff(state))
+            tries = f"{err.attempts} attempt{'s' if err.attempts != 1 else ''}"
+            raise SinchUnavailable(f"gave up after {tries}: {reason}") from err

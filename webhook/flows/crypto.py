@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from webhook.core.errors import first_line
+
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 _OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 _TAG_BYTES = 16
@@ -70,9 +72,9 @@ def load_private_key(source: str | bytes, passphrase: str | None = None) -> rsa.
     except ValueError as err:
         if password is not None and b"ENCRYPTED" in pem:
             raise KeyLoadError("the passphrase does not decrypt the key") from None
-        raise KeyLoadError(f"not a readable PEM private key ({_first_line(err)})") from None
+        raise KeyLoadError(f"not a readable PEM private key ({first_line(err)})") from None
     except Exception as err:  # unsupported cipher, bad encoding: never a traceback
-        raise KeyLoadError(f"the key cannot be loaded: {_first_line(err)}") from None
+        raise KeyLoadError(f"the key cannot be loaded: {first_line(err)}") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise KeyLoadError(f"expected an RSA key, got {type(key).__name__}")
     return key
@@ -132,10 +134,6 @@ def _pem_bytes(source: str | bytes) -> bytes:
         return path.read_bytes()
     except OSError as err:
         raise KeyLoadError(f"cannot read key file {str(path)!r}: {err.strerror}") from None
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 # --- signature ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy import Engine, exists, select
 
+from webhook.core.errors import first_line
 from webhook.core.settings import ConfigError, Settings
 from webhook.core.state import state
 from webhook.db.models import FlowExchange, FlowResponse, FlowSend
@@ -34,6 +35,7 @@ from webhook.flows.handlers import (
     response_payload,
 )
 from webhook.flows.recording import ExchangeRecorder
+from webhook.http.body import request_body
 from webhook.http.errors import error_response
 from webhook.http.observe import record_flow_exchange
 
@@ -60,7 +62,7 @@ class EndpointConfig:
     """What the endpoint needs, loaded and checked once at start-up."""
 
     keys: tuple[RSAPrivateKey, ...]
-    app_secrets: tuple[str, ...]
+    app_secrets: tuple[str, ...] = field(repr=False)
     handler: Handler | None
     require_known_token: bool
     store_data: bool
@@ -103,13 +105,14 @@ class Exchange:
 
 def configure(settings: Settings) -> EndpointConfig | None:
     """Load keys and the handler; None when no key is set. ConfigError names the setting."""
-    if not settings.flows_private_keys:
+    flows = settings.flows
+    if not flows.private_keys:
         return None
     from webhook.flows.crypto import KeyLoadError, load_private_keys
 
     try:
         keys = load_private_keys(
-            settings.flows_private_keys, settings.flows_private_key_passphrases
+            [k.reveal() for k in flows.private_keys], [p.reveal() for p in flows.passphrases]
         )
     except KeyLoadError as err:
         setting = "FLOWS_PRIVATE_KEY"
@@ -117,18 +120,18 @@ def configure(settings: Settings) -> EndpointConfig | None:
             setting = "FLOWS_PRIVATE_KEY_PASSPHRASE"
         raise ConfigError(f"{setting}: {err}") from None
     handler = None
-    if settings.flows_handler:
+    if flows.handler:
         try:
-            handler = load_handler(settings.flows_handler)
+            handler = load_handler(flows.handler)
         except HandlerConfigError as err:
             raise ConfigError(f"FLOWS_HANDLER: {err}") from None
     return EndpointConfig(
         keys=keys,
-        app_secrets=settings.meta_app_secrets,
+        app_secrets=tuple(s.reveal() for s in flows.app_secrets),
         handler=handler,
-        require_known_token=settings.flows_require_known_token,
-        store_data=settings.flows_store_data,
-        budget_ms=settings.flows_handler_budget_ms,
+        require_known_token=flows.require_known_token,
+        store_data=flows.store_data,
+        budget_ms=flows.handler_budget_ms,
     )
 
 
@@ -167,7 +170,7 @@ def flows_data() -> Response:
     from webhook.flows.crypto import SIGNATURE_HEADER
 
     exchange = Exchange(received_at=datetime.now(UTC))
-    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    body = request_body()  # 413 past MAX_CONTENT_LENGTH, 408 when it comes too slowly
     signature = request.headers.get(SIGNATURE_HEADER)
     status, text = answer(endpoint.config, state().engine, body, signature, exchange)
     seconds = time.perf_counter() - started
@@ -305,7 +308,7 @@ def check_token(engine: Engine, token: str | None, exchange: Exchange) -> tuple[
             known, responded, answered = conn.execute(query).one()
     except Exception as err:
         exchange.fail("token_check_failed", f"token check failed: {type(err).__name__}")
-        log.error("flows token check failed (database): %s", _first_line(err))
+        log.error("flows token check failed (database): %s", first_line(err))
         return 503, ""
     if not known:
         exchange.fail("token_unknown", "flow token unknown")
@@ -318,7 +321,3 @@ def check_token(engine: Engine, token: str | None, exchange: Exchange) -> tuple[
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -45,6 +45,12 @@ def keygen(private_path: Path, public_path: Path, passphrase: str) -> None:
     """
     if len(passphrase) < MIN_PASSPHRASE:
         raise click.ClickException(f"the passphrase needs at least {MIN_PASSPHRASE} characters")
+    if "," in passphrase or passphrase != passphrase.strip():
+        # FLOWS_PRIVATE_KEY_PASSPHRASE is comma-separated, spaces around each removed.
+        raise click.ClickException(
+            "the passphrase cannot contain a comma or start or end with a space: "
+            "FLOWS_PRIVATE_KEY_PASSPHRASE could not give it back"
+        )
     for path in (private_path, public_path):
         if path.exists():
             raise click.ClickException(f"{path} exists; refusing to overwrite it")

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from webhook.flows.emoji import find_emoji
+from webhook.ingest.fields import normalize_identity
 
 MODES = ("draft", "published")
 ACTIONS = ("navigate", "data_exchange")
@@ -43,7 +44,6 @@ MAX_TOKEN = 255
 MIN_MSISDN_DIGITS, MAX_MSISDN_DIGITS = 7, 15
 
 TOKEN_PREFIX = "ftk_"
-_NUMBER_PUNCTUATION = re.compile(r"[\s\-().]")
 _TTL = re.compile(r"^\s*(\d+)\s*s?\s*$")
 
 
@@ -123,13 +123,9 @@ def new_flow_token() -> str:
 
 
 def normalize_number(number: str) -> str:
-    """A WhatsApp number as digits only: no '+', leading '00', spaces, dashes or dots."""
-    digits = _NUMBER_PUNCTUATION.sub("", number)
-    if digits.startswith("+"):
-        digits = digits[1:]
-    elif digits.startswith("00"):
-        digits = digits[2:]
-    return digits
+    """A WhatsApp number as the projections store it (webhook.ingest.fields, the one
+    normaliser): digits only, no '+', leading '00', spaces, dashes or dots."""
+    return normalize_identity("WHATSAPP", number) or ""
 
 
 class _Problems(list[Problem]):

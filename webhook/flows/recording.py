@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert
 
+from webhook.core.errors import first_line
 from webhook.db.errors import UNAVAILABLE_ERRORS
 from webhook.db.models import FlowExchange
 
@@ -117,13 +118,12 @@ class ExchangeRecorder:
 
     def _give_up(self, batch: list[Mapping[str, Any]], err: BaseException) -> None:
         self.failed += len(batch)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         tokens = ", ".join(sorted({str(r.get("flow_token")) for r in batch})[:5])
         log.error(
             "could not record %d flow exchange(s) (flow_token=%s): %s",
             len(batch),
             tokens,
-            first,
+            first_line(err),
         )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import IO, Any
 
@@ -12,8 +11,9 @@ import click
 from sqlalchemy import Engine, exc
 
 from webhook.core.cli import flows
+from webhook.core.outbound import Pacer, bounded_map, first_line
 from webhook.core.state import state
-from webhook.flows.batch import CsvError, CsvRow, Pacer, read_rows
+from webhook.flows.batch import CsvError, CsvRow, read_rows
 from webhook.flows.client import ClientConfig, ConversationClient, SinchAuthError, SinchError
 from webhook.flows.message import FlowMessage, Problem, SendRequest, build_request, validate
 from webhook.flows.sending import (
@@ -81,8 +81,7 @@ def _parse_data(raw: str | None) -> tuple[Any, list[Problem]]:
 
 
 def _db_error(err: exc.SQLAlchemyError) -> click.ClickException:
-    first = (str(getattr(err, "orig", None) or err).strip().splitlines() or [""])[0]
-    return click.ClickException(f"database error: {first}")
+    return click.ClickException(f"database error: {first_line(err)}")
 
 
 def _client() -> ConversationClient:
@@ -204,7 +203,7 @@ def send_command(
         _send_batch(message, problems, csv_file, rate=rate, workers=workers, dry_run=dry_run)
         return
     _fail_on(problems + validate(message), "the message")
-    app_id = state().settings.sinch_app_id
+    app_id = state().settings.sinch.app_id
     request = build_request(message, app_id)
     if dry_run:
         if not app_id:
@@ -241,8 +240,8 @@ def _send_batch(  # noqa: C901 (see Long: in its docstring)
 ) -> None:
     """Send one message per CSV row.
 
-    Long: checks every row first (nothing sent if any is wrong), then sends and
-    reports in one loop that owns the progress and the error counts.
+    Long: checks every row first (nothing sent if any is wrong), then sends
+    (_send_rows) and reports the counts, the notes and the exit status.
     """
     # The shared options are checked once, with a stand-in recipient.
     shared = [p for p in validate(replace(template, contact_id="x")) if p.field != "recipient"]
@@ -268,7 +267,7 @@ def _send_batch(  # noqa: C901 (see Long: in its docstring)
     valid = [r for r in rows if r.valid]
     for row in invalid:
         _err(f"line {row.line}: {'; '.join(row.problems)}")
-    requests = [(row, build_request(row.message, st.settings.sinch_app_id)) for row in valid]
+    requests = [(row, build_request(row.message, st.settings.sinch.app_id)) for row in valid]
 
     if dry_run:
         for _row, request in requests:
@@ -278,54 +277,12 @@ def _send_batch(  # noqa: C901 (see Long: in its docstring)
             raise click.exceptions.Exit(1)
         return
 
-    counts = {ACCEPTED: 0, REJECTED: 0, FAILED: 0, UNKNOWN: 0}
-    notes: list[str] = []
-    abort: str | None = None
     with _client() as client:
         try:
             client.access_token()  # a refused key stops the batch before any row is sent
         except SinchError as err:
             raise click.ClickException(str(err)) from None
-        pacer = Pacer(rate)
-        with (
-            ThreadPoolExecutor(max_workers=workers) as pool,
-            click.progressbar(length=len(requests), label="sending", file=sys.stderr) as bar,
-        ):
-            pending: dict[Future[SendOutcome], CsvRow] = {}
-
-            def settle(done: set[Future[SendOutcome]]) -> None:
-                nonlocal abort
-                for future in done:
-                    row = pending.pop(future)
-                    if future.cancelled():
-                        continue
-                    try:
-                        outcome = future.result()
-                    except TokenInUse as err:  # only if another process took it meanwhile
-                        notes.append(f"line {row.line}: {err}")
-                        counts[REJECTED] += 1
-                    except Exception as err:  # key refused, database, not recorded: stop
-                        abort = abort or f"line {row.line}: {_one_line(err)}"
-                    else:
-                        counts[outcome.status] += 1
-                        if outcome.status != ACCEPTED:
-                            notes.append(f"line {row.line}: {outcome.status}: {outcome.error}")
-                    bar.update(1)
-
-            for row, request in requests:
-                while len(pending) >= workers * 2 and not abort:
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    settle(finished)
-                if abort:
-                    break
-                pacer.wait()
-                pending[pool.submit(send_flow, st.engine, client, request)] = row
-            if abort:
-                for future in pending:
-                    future.cancel()  # rows not started yet are not sent
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                settle(finished)
+        counts, notes, abort = _send_rows(st.engine, client, requests, rate, workers)
     for note in notes:
         _err(note)
     not_sent = counts[REJECTED] + counts[FAILED] + counts[UNKNOWN]
@@ -340,7 +297,51 @@ def _send_batch(  # noqa: C901 (see Long: in its docstring)
         raise click.exceptions.Exit(1)
 
 
-def _one_line(err: BaseException) -> str:
-    if isinstance(err, exc.SQLAlchemyError):
-        err = getattr(err, "orig", None) or err
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+# A row and what its send gave: an outcome, or the error it raised.
+Sent = tuple[CsvRow, SendOutcome | Exception]
+
+
+def _send_rows(
+    engine: Engine,
+    client: ConversationClient,
+    requests: list[tuple[CsvRow, SendRequest]],
+    rate: float,
+    workers: int,
+) -> tuple[dict[str, int], list[str], str | None]:
+    """Send the rows paced, ``workers`` at a time: the counts, notes and why it stopped.
+
+    A row whose send raises stops the batch (rows not started are not sent), except
+    TokenInUse (another process took the token meanwhile): that row counts as rejected.
+    """
+    counts = {ACCEPTED: 0, REJECTED: 0, FAILED: 0, UNKNOWN: 0}
+    notes: list[str] = []
+    abort: str | None = None
+    pacer = Pacer(rate)
+
+    def send(job: tuple[CsvRow, SendRequest]) -> Sent:
+        row, request = job
+        pacer.wait()
+        try:
+            return row, send_flow(engine, client, request)
+        except Exception as err:  # settled on the calling thread, in settle()
+            return row, err
+
+    with click.progressbar(length=len(requests), label="sending", file=sys.stderr) as bar:
+
+        def settle(sent: Sent) -> bool:
+            nonlocal abort
+            row, outcome = sent
+            if isinstance(outcome, TokenInUse):  # only if another process took it meanwhile
+                notes.append(f"line {row.line}: {outcome}")
+                counts[REJECTED] += 1
+            elif isinstance(outcome, Exception):  # key refused, database, not recorded: stop
+                abort = abort or f"line {row.line}: {first_line(outcome)}"
+            else:
+                counts[outcome.status] += 1
+                if outcome.status != ACCEPTED:
+                    notes.append(f"line {row.line}: {outcome.status}: {outcome.error}")
+            bar.update(1)
+            return abort is not None
+
+        bounded_map(send, requests, workers=workers, on_result=settle, name="flows-send")
+    return counts, notes, abort

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Select, and_, case, exists, func, or_, select
 
 from webhook.db.engine import upsert_insert
+from webhook.db.errors import describe_error
 from webhook.db.models import FlowResponse, FlowSend, MessageStatus
 from webhook.flows.client import (
     ConversationClient,
@@ -151,7 +152,7 @@ def send_flow(engine: Engine, client: ConversationClient, req: SendRequest) -> S
             raise
         raise NotRecorded(
             f"Sinch accepted message {message_id} (flow token {req.flow_token}) but it could "
-            f"not be recorded: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            f"not be recorded: {describe_error(err)}"
         ) from err
     return SendOutcome(status, req.flow_token, message_id, error)
 

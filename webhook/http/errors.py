@@ -25,7 +25,11 @@ def register_error_handlers(app: Flask) -> None:
         status = err.code or 500
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
-            return error_response(413, "body_too_large", f"body is larger than {limit} bytes")
+            return error_response(413, "body_too_large", f"body is larger than {limit} bytes",
+                                  Connection="close")  # fmt: skip
+        if status == 408:  # the rest of the body is not read: the connection cannot be reused
+            return error_response(408, "body_timeout", "the body did not arrive in time",
+                                  Connection="close")  # fmt: skip
         return error_response(status, code, err.description or err.name or "error")
 
     @app.errorhandler(Exception)

@@ -45,6 +45,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Why a callback was rejected (nothing stored), by HTTP status.
 REJECT_REASONS: dict[int, str] = {
     400: "invalid_body",
+    408: "body_timeout",
     401: "bad_signature",
     413: "too_large",
     503: "storage_unavailable",
@@ -192,12 +193,12 @@ def render(engine: Engine) -> bytes:
 def metrics() -> Response:
     """Prometheus scrape endpoint; needs `Authorization: Bearer METRICS_TOKEN` if set."""
     st = state()
-    token = st.settings.metrics_token
+    token = st.settings.ops.metrics_token
     if token:
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode(), token.encode()
+            value.strip().encode(), token.reveal().encode()
         ):
             return error_response(
                 401,

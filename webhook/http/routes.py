@@ -10,6 +10,7 @@ from webhook.core.state import state
 from webhook.db.deadline import clear_deadline, set_deadline
 from webhook.db.errors import UNAVAILABLE_ERRORS, StorageUnavailable
 from webhook.db.migrate import current_revision
+from webhook.http.body import request_body
 from webhook.http.errors import error_response
 from webhook.ingest.append import append
 from webhook.ingest.body import InvalidBody, load_body
@@ -21,7 +22,7 @@ bp = Blueprint("callbacks", __name__)
 @bp.before_app_request
 def _bound_database_waits() -> None:
     # Every request's database work ends in time to answer 503 before gunicorn's timeout.
-    g.database_deadline = set_deadline(state().settings.database_timeout_seconds)
+    g.database_deadline = set_deadline(state().settings.database.timeout_seconds)
 
 
 @bp.teardown_app_request
@@ -36,15 +37,15 @@ def receive_callback() -> Response:
     The event is stored ``pending``; the projector folds it into the typed tables.
     """
     st = state()
-    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
-    settings = st.settings
-    if settings.webhook_secrets:
+    body = request_body()  # 413 past MAX_CONTENT_LENGTH, 408 when it comes too slowly
+    signing = st.settings.callbacks
+    if signing.secrets:
         try:
             verify(
                 body,
                 request.headers,
-                settings.webhook_secrets,
-                max_age_seconds=settings.signature_max_age_seconds,
+                [s.reveal() for s in signing.secrets],
+                max_age_seconds=signing.signature_max_age_seconds,
             )
         except SignatureError as err:
             return error_response(401, f"signature_{err.reason}", err.message)
@@ -59,7 +60,7 @@ def receive_callback() -> Response:
             503,
             "storage_unavailable",
             "the callback could not be stored; retry later",
-            Retry_After=str(settings.retry_after_seconds),
+            Retry_After=str(st.settings.http.retry_after_seconds),
         )
     g.append_result = result  # for the log line and metrics (webhook/observe.py)
     answer = {"event_id": result.event_id, "outcome": result.outcome,
@@ -90,7 +91,7 @@ def readyz() -> Response:
             503,
             "database_unavailable",
             "database is not reachable",
-            Retry_After=str(st.settings.retry_after_seconds),
+            Retry_After=str(st.settings.http.retry_after_seconds),
         )
     if revision != st.head_revision:
         return error_response(

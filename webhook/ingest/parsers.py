@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from webhook.core.timeparse import lenient_time, parse_time
-from webhook.core.values import json_kind
 from webhook.ingest.body import JSONError, loads_json
 from webhook.ingest.fields import identity_of, normalize_identity, obj_field, str_field
+from webhook.ingest.flow_reply import parse_flow_reply
 from webhook.ingest.records import (
     DeliveryReportRecord,
     Envelope,
@@ -94,26 +94,6 @@ _SIMPLE_KINDS = {
     "fallback_message": "fallback",
     "product_response_message": "product_response",
 }
-
-
-def parse_flow_reply(response_json: object) -> tuple[str | None, Any, str | None, str | None]:
-    """Read ``nfm_reply.response_json``: (flow_token, response, raw_if_broken, error)."""
-    value: Any = response_json
-    if isinstance(response_json, str):
-        try:
-            value = loads_json(response_json)
-        except JSONError as exc:
-            return None, None, response_json, f"response_json is not valid JSON: {exc}"
-    elif response_json is None:
-        return None, None, None, "response_json is missing"
-    if not isinstance(value, dict):
-        return None, value, None, f"response_json is a JSON {json_kind(value)}, not an object"
-    token = value.get("flow_token")
-    if token is None or token == "":
-        return None, value, None, "response_json has no flow_token"
-    if not isinstance(token, str):
-        return str(token), value, None, f"flow_token is a {json_kind(token)}, not a string"
-    return token, value, None, None
 
 
 def _nfm_reply(csm: Mapping[str, Any], path: str) -> dict[str, Any] | None:

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import click
 
 from webhook.core.cli import contacts, events
+from webhook.core.cli_support import database_errors
 from webhook.core.state import state
-from webhook.db.errors import UNAVAILABLE_ERRORS
 from webhook.privacy.erasure import ErasureError, ErasureResult, erase
 from webhook.privacy.retention import BATCH_SIZE, PrunePlan, plan_prune, run_prune
 from webhook.projection.projector import drain
@@ -62,7 +62,7 @@ def prune_command(
     if delete_after is not None and delete_after < older_than:
         raise click.ClickException("--delete-after must be at least --older-than")
     engine = state().engine
-    try:
+    with database_errors():
         with engine.connect() as conn:
             plan = plan_prune(conn, datetime.now(UTC), older_than, delete_after)
         click.echo(_describe(plan, older_than, delete_after))
@@ -75,9 +75,6 @@ def prune_command(
         if not yes:
             click.confirm("Proceed?", abort=True)
         dropped, deleted = run_prune(engine, plan, batch_size)
-    except UNAVAILABLE_ERRORS as err:
-        first = (str(getattr(err, "orig", err)).strip().splitlines() or [""])[0]
-        raise click.ClickException(f"database unavailable: {first}") from None
     click.echo(f"pruned: dropped {dropped} bodies, deleted {deleted} raw events")
 
 
@@ -98,38 +95,46 @@ def _summary(result: ErasureResult, dry_run: bool) -> Iterable[str]:
 @click.option("--identity", metavar="NUMBER", help="The person's phone number (any format).")
 @click.option("--contact-id", "contact_id", metavar="ID", help="The person's Sinch contact id.")
 @click.option("--dry-run", is_flag=True, help="Only count what would change.")
-def erase_command(identity: str | None, contact_id: str | None, dry_run: bool) -> None:
-    """Erase one person's data everywhere: keys become a keyed hash, content is removed."""
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def erase_command(identity: str | None, contact_id: str | None, dry_run: bool, yes: bool) -> None:
+    """Erase one person's data everywhere: keys become a keyed hash, content is removed.
+
+    It cannot be undone, so it asks first (unless --yes or --dry-run).
+    """
     if (identity is None) == (contact_id is None):
-        raise click.ClickException("give exactly one of --identity or --contact-id")
+        raise click.UsageError("give exactly one of --identity or --contact-id")
+    if not dry_run and not yes:
+        click.confirm(
+            f"Erase every trace of this {'number' if identity else 'contact id'}? "
+            "This cannot be undone", abort=True, err=True,
+        )  # fmt: skip
     st = state()
-    if not st.settings.erasure_key:
+    key = st.settings.privacy.erasure_key
+    if key is None:
         raise click.ClickException(
             "ERASURE_KEY is not set: it keys the hashes that replace personal data; "
             "set it (and keep it secret and stable) before erasing"
         )
     try:
-        if not dry_run:
-            # Project what is pending first: an event projected after the erasure
-            # would otherwise bring its unredacted rows back.
-            drain(st.engine)
-        with st.engine.connect() as conn:
-            trans = conn.begin()
-            try:
-                result = erase(conn, st.settings.erasure_key, identity=identity,
-                               contact_id=contact_id)  # fmt: skip
-            except BaseException:
-                trans.rollback()
-                raise
-            if dry_run:
-                trans.rollback()
-            else:
-                trans.commit()
+        with database_errors():
+            if not dry_run:
+                # Project what is pending first: an event projected after the erasure
+                # would otherwise bring its unredacted rows back.
+                drain(st.engine)
+            with st.engine.connect() as conn:
+                trans = conn.begin()
+                try:
+                    result = erase(conn, key.reveal(), identity=identity,
+                                   contact_id=contact_id)  # fmt: skip
+                except BaseException:
+                    trans.rollback()
+                    raise
+                if dry_run:
+                    trans.rollback()
+                else:
+                    trans.commit()
     except ErasureError as err:
         raise click.ClickException(str(err)) from None
-    except UNAVAILABLE_ERRORS as err:
-        first = (str(getattr(err, "orig", err)).strip().splitlines() or [""])[0]
-        raise click.ClickException(f"database unavailable: {first}") from None
     if not dry_run:
         fields = {"key_kind": result.key_kind, "key_hash": result.key_hash, **result.rows}
         log.info("erasure", extra={"fields": fields})

@@ -21,6 +21,7 @@ and dedupe answer the same afterwards. Running it again changes nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from sqlalchemy import (
     Connection,
     LargeBinary,
     Table,
+    Text,
+    cast,
     func,
     insert,
     literal,
@@ -49,6 +52,7 @@ from webhook.db.models import (
     Erasure,
     FlowExchange,
 )
+from webhook.ingest.body import JSONError, loads_json
 from webhook.privacy.redact import (
     CONTACT,
     IDENTITY,
@@ -201,16 +205,25 @@ def erase_projections(
                 conn.execute(update(t).where(pk == m[rule.pk]).values(_set(t, values)))
                 changed += 1
         counts[str(t.name)] = changed
-    counts["flow_exchanges"] = erase_exchanges(conn, tokens)
+    counts["flow_exchanges"] = erase_exchanges(conn, tokens, person)
     return counts, events, tokens
 
 
-def erase_exchanges(conn: Connection, tokens: set[str]) -> int:
-    """Remove the data submitted to the flows endpoint under the person's flow tokens."""
+def erase_exchanges(conn: Connection, tokens: set[str], person: Person) -> int:
+    """Remove the data submitted to the flows endpoint under the person's flow tokens,
+    and wherever it quotes one of their numbers or contact ids (a token no send or
+    completion links to them)."""
     t = _t(FlowExchange)
     changed = 0
     for chunk in _chunks(sorted(tokens)):
         stmt = update(t).where(t.c.flow_token.in_(chunk), t.c.data.is_not(None)).values(data=null())
+        changed += conn.execute(stmt).rowcount or 0
+    needles = sorted(person.identities | person.contact_ids)
+    if needles:
+        text_of = cast(t.c.data, Text)
+        quoting = or_(*(func.instr(text_of, n) > 0 if conn.dialect.name == "sqlite"
+                        else func.strpos(text_of, n) > 0 for n in needles))  # fmt: skip
+        stmt = update(t).where(t.c.data.is_not(None), quoting).values(data=null())
         changed += conn.execute(stmt).rowcount or 0
     return changed
 
@@ -248,12 +261,17 @@ def erase_events(
     """Rewrite the raw events that mention the person; return how many changed."""
     e = _t(CallbackEvent)
     changed = 0
+    refused: list[str] = []
     for chunk in _chunks(ids):
         query = select(e.c.id, e.c.body, e.c.error, e.c.correlation_id).where(e.c.id.in_(chunk))
         for event_id, body, error, correlation_id in conn.execute(query).all():
             values: dict[str, Any] = {}
             if body is not None:
-                new_body = _rewrite_body(bytes(body), r, force=event_id in linked)
+                try:
+                    new_body = _rewrite_body(bytes(body), r, force=event_id in linked)
+                except Unredactable as why:
+                    refused.append(f"event {event_id} ({why})")
+                    continue
                 if new_body is not None:
                     values["body"] = new_body
             for name, value in (("error", error), ("correlation_id", correlation_id)):
@@ -264,19 +282,48 @@ def erase_events(
                 values["erased_at"] = now
                 conn.execute(update(e).where(e.c.id == event_id).values(values))
                 changed += 1
+    if refused:  # the caller rolls back: never report success over data left behind
+        listed = "; ".join(refused[:20]) + ("; ..." if len(refused) > 20 else "")
+        raise ErasureError(f"cannot redact the stored bodies of {listed}: nothing was changed")
     return changed
 
 
-def _rewrite_body(body: bytes, r: Redactor, force: bool) -> bytes | None:
-    """The redacted body, or None if it does not mention the person (or is unchanged)."""
+def _dumps(doc: Any) -> bytes:
+    """Compact JSON; the standard library for what orjson cannot write (big integers)."""
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        return orjson.dumps(doc)
+    except TypeError:
+        try:
+            return json.dumps(doc, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False).encode()  # fmt: skip
+        except ValueError as err:
+            raise Unredactable(f"cannot be written back: {err}") from None
+
+
+class Unredactable(Exception):
+    """A stored body mentions the person but could not be redacted."""
+
+
+def _rewrite_body(body: bytes, r: Redactor, force: bool) -> bytes | None:
+    """The redacted body, or None if it does not mention the person (or is unchanged).
+
+    The body is read with the loader ingestion uses (webhook.ingest.body), so every
+    body that was stored can be read here. A mention in the raw bytes counts even
+    where parsing drops it (a duplicate key, where JSON keeps the last one); the
+    rewritten body is checked to mention the person no more. Unredactable otherwise.
+    """
+    try:
+        doc = loads_json(body)
+    except JSONError as err:
+        if r.mentions_bytes(body):
+            raise Unredactable(f"not JSON: {err}") from None
         return None
     new_doc, mentioned = r.document(doc)
-    if not (mentioned or force):
+    if not (mentioned or force or r.mentions_bytes(body)):
         return None
-    new_body = orjson.dumps(new_doc)
+    new_body = _dumps(new_doc)
+    if r.mentions_bytes(new_body):
+        raise Unredactable("the rewritten body still mentions the person")
     return new_body if new_body != body else None
 
 

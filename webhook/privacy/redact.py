@@ -20,11 +20,13 @@ import binascii
 import hashlib
 import hmac
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
+from webhook.ingest.body import JSONError, loads_json
 from webhook.ingest.fields import normalize_identity
 
 PSEUDONYM_PREFIX = "erased_"
@@ -92,6 +94,9 @@ def redact_answers(response: Any) -> Any:
     }
 
 
+WALK_RECURSION_LIMIT = 3_500
+
+
 class Redactor:
     """Replaces one person's identities and contact ids, and removes their content."""
 
@@ -143,14 +148,28 @@ class Redactor:
                 text = text.replace(value, replacement)
         return text
 
+    def mentions_bytes(self, raw: bytes) -> bool:
+        """True if raw bytes (a stored body) contain one of the person's keys verbatim."""
+        return any(value.encode() in raw for value, _ in self._scrub)
+
     def mentions(self, text: str) -> bool:
         """True if ``text`` is, or contains, one of the person's keys."""
         return self.match(text) is not None or any(value in text for value, _ in self._scrub)
 
     def document(self, doc: Any) -> tuple[Any, bool]:
-        """A callback document with the person redacted; True if it mentioned them."""
+        """A callback document with the person redacted; True if it mentioned them.
+
+        The walk recurses once or twice per level; ingestion accepts documents as deep
+        as its parser reads (orjson: 1024 levels), so the interpreter's limit is raised
+        for the walk to match (about 3,000 frames, a few hundred kB of stack).
+        """
         walker = _Walk(self)
-        return walker.value(doc, None, None, opaque=False), walker.hit
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, WALK_RECURSION_LIMIT))
+        try:
+            return walker.value(doc, None, None, opaque=False), walker.hit
+        finally:
+            sys.setrecursionlimit(limit)
 
 
 class _Walk:
@@ -189,8 +208,8 @@ class _Walk:
         if self.r.mentions(text):
             self.hit = True
         try:
-            inner = orjson.loads(text)
-        except orjson.JSONDecodeError:
+            inner = loads_json(text)
+        except JSONError:
             return None
         if not isinstance(inner, dict | list):
             return None

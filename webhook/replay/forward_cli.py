@@ -61,7 +61,8 @@ def _send_options(
 ) -> SendOptions:  # fmt: skip
     if not url.startswith(("http://", "https://")):
         raise click.BadParameter("must be an http:// or https:// URL", param_hint="--to")
-    secret = secret or next(iter(state().settings.webhook_secrets), None)
+    secrets = state().settings.callbacks.secrets
+    secret = secret or (secrets[0].reveal() if secrets else None)
     if not secret:
         raise click.ClickException(
             "no secret to sign with: pass --secret or set SINCH_WEBHOOK_SECRETS"

@@ -15,6 +15,7 @@ import click
 from sqlalchemy import Connection, Engine, exc
 
 from webhook.core.cli import report
+from webhook.core.errors import first_line
 from webhook.core.state import state
 from webhook.core.timeparse import ParseError, parse_time
 from webhook.reports import queries as reports
@@ -253,9 +254,7 @@ def _emit(name: str, since: str | None, until: str | None, flow_id: str | None, 
         with read_only(state().engine) as conn:
             result = reports.REPORTS[name](conn, window, flow_id, **options)
     except exc.SQLAlchemyError as err:
-        orig = getattr(err, "orig", None) or err
-        first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-        raise click.ClickException(f"report {name} failed: {first}") from None
+        raise click.ClickException(f"report {name} failed: {first_line(err)}") from None
     raw_csv = bool(click.get_current_context().meta.get("raw_csv"))
     click.echo(render(result, fmt, window, flow_id, raw_csv))
 
