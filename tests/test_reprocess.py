@@ -191,7 +191,7 @@ def test_filters_choose_the_events(engine: Engine, runner: FlaskCliRunner) -> No
         else:
             assert "no stored events match" in result.output, (args, result.output)
     bad = runner.invoke(args=["events", "reprocess", "--since", "last tuesday"])
-    assert bad.exit_code == 2 and "is not a date or ISO-8601 time" in bad.output
+    assert bad.exit_code == 2 and "is not a date (2026-03-01), a time" in bad.output
     bad = runner.invoke(args=["events", "reprocess", "--trigger", "NOPE"])
     assert bad.exit_code == 2 and "unknown trigger 'NOPE'" in bad.output
 

@@ -3,10 +3,11 @@ errors, progress bars (on a terminal only), time options and number formatting."
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -51,28 +52,45 @@ def progress_bar(length: int, label: str) -> Any:
     return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
 
 
-class TimeParam(click.ParamType[datetime]):
-    """A date (its midnight, UTC) or an ISO-8601 time; without an offset, UTC."""
+_AGE = re.compile(r"^(\d+)([dhm])$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+TIME_FORMS = "a date (2026-03-01), a time (2026-03-01T08:00:00Z) or an age (7d, 12h, 30m)"
 
-    name = "TIME"
+
+def parse_when(value: str, now: datetime, option: str) -> datetime:
+    """The one time parser of every command: a date (its midnight, UTC), an ISO-8601
+    time (UTC unless it says otherwise), or an age (7d, 12h, 30m: that long before
+    ``now``). A bad or out-of-range value is a usage error (exit status 2)."""
+    raw = value.strip()
+    age = _AGE.match(raw)
+    try:
+        if age:
+            amount, unit = age.groups()
+            return now - timedelta(**{_UNITS[unit]: int(amount)})
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+            return datetime.fromisoformat(raw).replace(tzinfo=UTC)
+        text = raw if raw[-1:] in ("Z", "z") or "+" in raw[10:] or "-" in raw[10:] else raw + "Z"
+        parsed = parse_time(text, option)
+    except (OverflowError, ValueError, ParseError):
+        parsed = None
+    if parsed is None:
+        raise click.BadParameter(f"{value!r} is not {TIME_FORMS}, or is out of range",
+                                 param_hint=option)  # fmt: skip
+    return parsed
+
+
+class TimeParam(click.ParamType[datetime]):
+    """A command-line time: see parse_when."""
+
+    name = "WHEN"
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> datetime:
         if isinstance(value, datetime):
             return value
-        text = str(value).strip()
-        if len(text) == 10:  # a date alone: its midnight, UTC
-            text += "T00:00:00Z"
-        elif not text.endswith(("Z", "z")) and "+" not in text[10:] and "-" not in text[10:]:
-            text += "Z"  # no offset given: UTC
-        try:
-            parsed = parse_time(text, param.name if param and param.name else "time")
-        except ParseError:
-            parsed = None
-        if parsed is None:
-            self.fail(f"{value!r} is not a date or ISO-8601 time", param, ctx)
-        return parsed
+        option = f"--{param.name}" if param and param.name else "time"
+        return parse_when(str(value), datetime.now(UTC), option)
 
 
 def number(value: int) -> str:

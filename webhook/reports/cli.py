@@ -15,44 +15,18 @@ import click
 from sqlalchemy import Connection, Engine, exc
 
 from webhook.core.cli import report
+from webhook.core.cli_support import parse_when
 from webhook.core.errors import first_line
 from webhook.core.state import state
-from webhook.core.timeparse import ParseError, parse_time
 from webhook.reports import queries as reports
 from webhook.reports.sql import tune
 
 DEFAULT_DAYS = 30
 FORMATS = ("table", "csv", "json")
 TABLE_CELL_LIMIT = 60
-_RELATIVE = re.compile(r"^(\d+)([dhm])$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 
 
 # ---------------------------------------------------------------- options
-
-
-def parse_when(value: str, now: datetime, option: str) -> datetime:
-    """A date (midnight UTC), an ISO-8601 time (UTC unless it says otherwise), or 7d/12h/30m ago."""
-    raw = value.strip()
-    relative = _RELATIVE.match(raw)
-    if relative:
-        amount, unit = relative.groups()
-        return now - timedelta(**{_UNITS[unit]: int(amount)})
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
-        try:
-            return datetime.fromisoformat(raw).replace(tzinfo=UTC)
-        except ValueError as err:
-            raise click.ClickException(f"{option} {value!r}: {err}") from None
-    try:
-        parsed = parse_time(raw, option)
-    except ParseError:
-        parsed = None
-    if parsed is None:
-        raise click.ClickException(
-            f"{option} {value!r} is not a date (2026-03-01), a time (2026-03-01T08:00:00Z) "
-            "or an age (7d, 12h, 30m)"
-        )
-    return parsed
 
 
 def make_window(
@@ -63,7 +37,7 @@ def make_window(
     end = parse_when(until, now, "--until") if until else now
     start = parse_when(since, now, "--since") if since else end - timedelta(days=DEFAULT_DAYS)
     if start >= end:
-        raise click.ClickException(f"--since ({_iso(start)}) must be before --until ({_iso(end)})")
+        raise click.UsageError(f"--since ({_iso(start)}) must be before --until ({_iso(end)})")
     return reports.Window(start, end)
 
 
