@@ -16,7 +16,14 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class StorageUnavailable(Exception):
-    """The database could not be written; nothing was stored. Retry later."""
+    """The database could not be written; nothing was stored. Retry later.
+
+    ``cause`` says why, in a word the logs carry: refused, timeout, auth, schema, other.
+    """
+
+    def __init__(self, message: str, cause: str = "other") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def first_line(err: BaseException) -> str:

@@ -128,8 +128,12 @@ def log_callback(
     status: str | None = None,
     event_id: int | None = None,
     error: str | None = None,
+    cause: str | None = None,
 ) -> None:
-    """One line per callback: ids, outcome and timing; never the body or a header."""
+    """One line per callback: ids, outcome and timing; never the body or a header.
+
+    ``cause``: why the database could not store it (refused, timeout, auth, schema).
+    """
     level = logging.INFO
     if http_status >= 500:
         level = logging.ERROR
@@ -148,6 +152,8 @@ def log_callback(
     }
     if error:
         fields["error"] = error
+    if cause:
+        fields["cause"] = cause
     callback_log.log(level, "callback", extra={"fields": fields})
 
 

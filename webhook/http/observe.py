@@ -70,6 +70,7 @@ def _finish(response: Response) -> Response:
         http_status=status,
         duration_ms=seconds * 1000,
         error=error,
+        cause=g.pop("storage_cause", None),
     )
     return response
 

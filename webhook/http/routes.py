@@ -55,7 +55,15 @@ def receive_callback() -> Response:
         return error_response(400, "invalid_body", str(err))
     try:
         result = append(st.engine, body, payload, signature_headers(request.headers))
-    except StorageUnavailable:
+    except StorageUnavailable as err:
+        g.storage_cause = err.cause  # for the log line (webhook/http/observe.py)
+        if err.cause == "schema":
+            return error_response(
+                503,
+                "schema_out_of_date",
+                "the database has no schema yet; run `flowhooks db upgrade`",
+                Retry_After=str(st.settings.http.retry_after_seconds),
+            )
         return error_response(
             503,
             "storage_unavailable",
@@ -94,9 +102,10 @@ def readyz() -> Response:
             Retry_After=str(st.settings.http.retry_after_seconds),
         )
     if revision != st.head_revision:
+        at = f"is at {revision}" if revision else "has no schema"
         return error_response(
             503,
             "schema_out_of_date",
-            f"database schema is at {revision}, expected {st.head_revision}; run migrations",
+            f"the database {at}, expected {st.head_revision}; run `flowhooks db upgrade`",
         )
     return jsonify(status="ready", revision=revision)

@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine, exc
 
 from webhook.db.deadline import deadline_passed
 from webhook.db.engine import upsert_insert, write_lock
-from webhook.db.errors import UNAVAILABLE_ERRORS, StorageUnavailable, describe_error
+from webhook.db.errors import UNAVAILABLE_ERRORS, is_schema_missing, unavailable
 from webhook.db.events import PENDING
 from webhook.db.models import CallbackEvent
 from webhook.ingest.parsers import detect_trigger
@@ -153,9 +153,10 @@ class Appender:
             self._once_more_if_dead(lambda: self._insert([item.row for item in batch], batch))
             return
         except UNAVAILABLE_ERRORS as err:
-            raise StorageUnavailable(describe_error(err)) from err
-        except Exception:  # a row the database refuses: each alone, refused ones bare
-            pass
+            raise unavailable(err) from err
+        except Exception as err:  # a row the database refuses: each alone, refused ones bare
+            if is_schema_missing(err):  # not migrated: no row can be stored
+                raise unavailable(err) from err
         for item in batch:
             try:
                 try:
@@ -165,7 +166,7 @@ class Appender:
                 except Exception:
                     self._insert([{**item.row, "headers": None}], [item])
             except UNAVAILABLE_ERRORS as err:
-                raise StorageUnavailable(describe_error(err)) from err
+                raise unavailable(err) from err
 
     def _insert(self, rows: list[dict[str, Any]], items: list[_Item]) -> None:
         """One INSERT of every new digest among ``rows``, committed; ids onto ``items``."""

@@ -10,7 +10,7 @@ import weakref
 
 from sqlalchemy import Engine
 
-from webhook.db.errors import describe_error, is_unavailable
+from webhook.db.errors import describe_error, is_schema_missing, is_unavailable
 from webhook.projection.projector import BATCH_SIZE, pending_summary, project_pending
 
 log = logging.getLogger("webhook.projector")
@@ -66,6 +66,9 @@ class ProjectorThread:
             except Exception as err:
                 if pause:  # already said: one line per outage, not one per retry
                     pass
+                elif is_schema_missing(err):
+                    log.warning("projector: the database has no schema; run `flowhooks db "
+                                "upgrade` (retrying)")  # fmt: skip
                 elif is_unavailable(err):
                     log.warning("projector: database unavailable (%s); retrying",
                                 describe_error(err))  # fmt: skip
