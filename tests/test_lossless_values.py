@@ -9,7 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
-from tests.helpers import fixture_json, post_callback, rows
+from tests.helpers import count, fixture_json, post_callback, rows
 
 
 def completion_with(answers_text: str) -> bytes:
@@ -40,3 +40,18 @@ def test_an_answer_the_database_cannot_hold_is_kept_as_text(
         f"response_json holds {reason}, which the database cannot store as JSON; "
         "kept as text in response_raw"
     )
+
+
+def test_a_value_longer_than_its_column_fails_alike_on_both_databases(
+    client: FlaskClient, engine: Engine
+) -> None:
+    identity = {"channel": "WHATSAPP", "identity": "5511900000001"}
+    report = {"message_id": "X" * 80, "status": "DELIVERED", "channel_identity": identity}
+    body = json.dumps({"message_delivery_report": report}).encode()
+    assert post_callback(client, body).status_code == 200
+    [event] = rows(engine, "callback_events")
+    assert (event["status"], event["error"]) == (
+        "failed",
+        "delivery_reports.message_id is longer than 64 characters (80)",
+    )
+    assert count(engine, "delivery_reports") == count(engine, "message_status") == 0

@@ -53,6 +53,7 @@ from webhook.db.engine import upsert_insert, write_lock
 from webhook.db.errors import describe_error, is_unavailable
 from webhook.db.events import EVENTS, FAILED, IGNORED, PENDING, PROCESSED, EventFields, read_batch
 from webhook.db.models import Base
+from webhook.projection.limits import within_limits
 from webhook.projection.rules import (
     FILL,
     FIRST_WINS,
@@ -94,6 +95,7 @@ def project(conn: Connection, events: Sequence[Parsed]) -> list[Parsed]:
     """
     if not events:
         return []
+    events = [within_limits(event) for event in events]
     try:
         with conn.begin_nested():
             write_rows(conn, fold(events))

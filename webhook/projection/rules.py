@@ -103,6 +103,13 @@ PROJECTIONS: tuple[Projection, ...] = (
 BY_TABLE = {p.table: p for p in PROJECTIONS}
 PROJECTION_TABLES = tuple(p.table for p in PROJECTIONS)
 _TABLE_OF_RECORD: dict[type, Projection] = {p.record: p for p in PROJECTIONS if p.record}
+
+
+def projection_of(record: Record) -> Projection:
+    """The projection (table) a record becomes a row of."""
+    return _TABLE_OF_RECORD[type(record)]
+
+
 _FIELDS: dict[type, tuple[str, ...]] = {
     t: tuple(f.name for f in dataclasses.fields(t)) for t in _TABLE_OF_RECORD
 }
