@@ -31,7 +31,7 @@ FAILURES_LISTED = 20
 @dataclass(frozen=True)
 class SendOptions:
     url: str
-    secret: str
+    secret: str | None  # None: sent unsigned (a receiver that checks no signature)
     concurrency: int = 4
     rate: float | None = None  # sends per second, all threads together; None: no limit
     retries: int = 3  # further attempts after the first
@@ -90,7 +90,7 @@ def send_one(client: httpx.Client, item: Outbound, opts: SendOptions, pacer: Pac
         pacer.wait()
         headers = {
             "Content-Type": "application/json",
-            **sign_headers(opts.secret, item.body, secrets.token_hex(16)),
+            **(sign_headers(opts.secret, item.body, secrets.token_hex(16)) if opts.secret else {}),
             **item.headers,
         }
         return client.post(opts.url, content=item.body, headers=headers)

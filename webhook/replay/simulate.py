@@ -77,6 +77,13 @@ class SimulatedMessage:
     bodies: tuple[bytes, ...]
 
 
+def recent_start(cfg: SimulationConfig, now: datetime | None = None) -> datetime:
+    """A start that puts the whole simulated traffic in the recent past (ending an hour
+    before ``now``), so reports over the last days show it at once."""
+    span = timedelta(seconds=cfg.messages * cfg.spacing_seconds) + timedelta(hours=1)
+    return ((now or datetime.now(UTC)) - span).replace(microsecond=0)
+
+
 def simulate_message(cfg: SimulationConfig, rng: random.Random, index: int) -> SimulatedMessage:
     """All callbacks for one flow message, in the order a channel would produce them.
 
