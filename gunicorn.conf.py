@@ -47,8 +47,15 @@ else:
 
 
 def on_starting(server):
-    """Start every run with empty metric files (counters restart at zero)."""
+    """Refuse to start on unusable settings (one line each, exit 1, before any worker
+    boots); start every run with empty metric files (counters restart at zero)."""
     import glob
+
+    from webhook.core.envvars import exit_on_config_error
+    from webhook.core.settings import Settings
+
+    with exit_on_config_error():
+        Settings.from_env()
 
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(path, exist_ok=True)

@@ -14,8 +14,10 @@ from flask.cli import FlaskGroup
 
 def _make_app() -> Flask:
     from webhook import create_app
+    from webhook.core.envvars import exit_on_config_error
 
-    return create_app()
+    with exit_on_config_error():
+        return create_app()
 
 
 def main() -> None:

@@ -8,8 +8,12 @@ default, the type and the rule of a setting are written in one place.
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Callable, Sequence
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,3 +228,16 @@ def secret_list(name: str, what: str, parse: Callable[[str], Sequence[str]], uns
 def split_list(raw: str) -> tuple[str, ...]:
     """``a, b`` -> ``("a", "b")``; empty entries are kept (the check refuses them)."""
     return tuple(p.strip() for p in raw.split(","))
+
+
+@contextmanager
+def exit_on_config_error() -> Iterator[None]:
+    """Turn a ConfigError into its lines on stderr and exit status 1 (a traceback too
+    with LOG_LEVEL=DEBUG): what a person starting the service should see."""
+    try:
+        yield
+    except ConfigError as err:
+        if os.environ.get("LOG_LEVEL", "").strip().upper() == "DEBUG":
+            traceback.print_exc()
+        print(f"Error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -108,7 +108,10 @@ def _show_url(value: Any) -> str:
 class DatabaseSettings(Group):
     url: str = field(
         default_factory=default_database_url,
-        metadata=reads(url("DATABASE_URL", "postgresql://user:password@host/db",
+        metadata=reads(url("DATABASE_URL",
+                           "sqlite:///path/to/file.db or postgresql://user:password@host/db "
+                           "(supported: sqlite, postgresql, postgres)",
+                           schemes=("sqlite://", "postgresql+psycopg://"),
                            parse=normalize_database_url, show=_show_url)),
     )  # fmt: skip
     # Longest a request waits on PostgreSQL before answering 503 (below gunicorn's timeout).
