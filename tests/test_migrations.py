@@ -11,11 +11,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, exc, inspect, text
 
 from webhook.db import migrate
-from webhook.db.engine import make_engine
+from webhook.db.engine import make_engine, sqlite_file_missing
 from webhook.db.models import Base
 
 
 def alembic_current(engine: Engine) -> str | None:
+    if sqlite_file_missing(engine):  # nothing is created before the first upgrade
+        return None
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from webhook.core.settings import ConfigError, Settings
-from webhook.db.engine import make_engine
+from webhook.db.engine import create_sqlite_file, make_engine
 
 
 def test_setting_defaults_to_full_and_refuses_other_values() -> None:
@@ -27,6 +27,7 @@ def test_connections_use_the_setting(
     new_database_url: Callable[[str], str], setting: str, pragma: int
 ) -> None:
     engine = make_engine(new_database_url("sqlite"), sqlite_synchronous=setting)
+    create_sqlite_file(engine)
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA synchronous")).scalar_one() == pragma
         assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from flask import Flask
 
+from webhook.core.envvars import mask_url
 from webhook.core.logs import configure_logging
 from webhook.core.settings import Settings
 from webhook.core.state import EXTENSION_KEY, AppState
@@ -48,6 +49,9 @@ def create_app(settings: Settings | None = None, config: Mapping[str, Any] | Non
     register_error_handlers(app)
 
     serving = _serving()
+    if serving:
+        shown = settings.database.url
+        log.info("database: %s", mask_url(shown) if "@" in shown else shown)
     if settings.projection.in_process and serving:
         _start_projector(app_state)
     if not settings.callbacks.secrets and serving:

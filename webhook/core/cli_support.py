@@ -13,7 +13,13 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from webhook.core.errors import UNAVAILABLE_ERRORS, StorageUnavailable, first_line
+from webhook.core.envvars import mask_url
+from webhook.core.errors import (
+    UNAVAILABLE_ERRORS,
+    StorageUnavailable,
+    first_line,
+    is_schema_missing,
+)
 from webhook.core.state import state
 from webhook.core.timeparse import ParseError, parse_time
 
@@ -28,9 +34,24 @@ def database_errors() -> Iterator[None]:
     try:
         yield
     except StorageUnavailable as err:
+        if err.cause == "schema":
+            raise click.ClickException(no_schema()) from None
         raise click.ClickException(f"database unavailable: {err}") from None
     except UNAVAILABLE_ERRORS as err:
+        if is_schema_missing(err):
+            raise click.ClickException(no_schema()) from None
         raise click.ClickException(f"database unavailable: {first_line(err)}") from None
+    except Exception as err:  # a PostgreSQL database without the tables
+        if is_schema_missing(err):
+            raise click.ClickException(no_schema()) from None
+        raise
+
+
+def no_schema() -> str:
+    """The one line for a command run against a missing or unmigrated database."""
+    url = state().settings.database.url
+    shown = mask_url(url) if "@" in url else url
+    return f"database {shown} has no schema: run `flowhooks db upgrade`"
 
 
 class _Quiet:

@@ -39,7 +39,10 @@ from webhook.core.envvars import (
 
 __all__ = ["ConfigError", "Secret", "Settings"]
 
-DEFAULT_SQLITE_PATH = Path("instance") / "webhook.db.engine"
+# The instance folder beside the package (Flask's convention), wherever the command
+# runs from: <repository>/instance/webhook.db.
+INSTANCE_DIR = Path(__file__).resolve().parents[2] / "instance"
+DEFAULT_SQLITE_PATH = INSTANCE_DIR / "webhook.db"
 DEFAULT_AUTH_URL = "https://auth.sinch.com/oauth2/token"
 SINCH_REGIONS = ("us", "eu", "br")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -58,7 +61,7 @@ def normalize_database_url(url: str) -> str:
 
 
 def default_database_url() -> str:
-    return f"sqlite:///{DEFAULT_SQLITE_PATH.resolve()}"
+    return f"sqlite:///{DEFAULT_SQLITE_PATH}"
 
 
 def split_keys(raw: str) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import Dialect, make_url
@@ -32,6 +33,26 @@ TCP_SETTINGS = {
     "keepalives_count": 3,
     "tcp_user_timeout": 20_000,
 }
+
+
+def sqlite_file_missing(engine: Engine) -> bool:
+    """True for a SQLite engine whose database file does not exist (yet)."""
+    path = make_url(str(engine.url)).database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return False
+    return not os.path.exists(path)
+
+
+def create_sqlite_file(engine: Engine) -> None:
+    """Create the SQLite file (and its folder) of ``engine`` if missing: migrations only."""
+    path = make_url(str(engine.url)).database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    import sqlite3
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sqlite3.connect(path).close()
 
 
 def is_sqlite(url: str) -> bool:
@@ -117,16 +138,23 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
 
 def _sqlite_engine(url: str, synchronous: str, **kwargs: Any) -> Engine:
     path = make_url(url).database
-    if path and path != ":memory:":
-        from pathlib import Path
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {
         "hide_parameters": True,  # see make_engine
         "connect_args": {"timeout": 30, "check_same_thread": False},
     }
     options.update(kwargs)
     engine = create_engine(url, **options)
+
+    if path and path != ":memory:" and not path.startswith("file:"):
+
+        @event.listens_for(engine, "do_connect")
+        def _existing_file_only(
+            _dialect: Dialect, _record: ConnectionPoolEntry, cargs: Any, cparams: Any
+        ) -> None:
+            # Opening never creates the file: a command pointed at a missing database
+            # says so instead of leaving an empty one behind (create_sqlite_file does).
+            cargs[0] = f"file:{quote(path)}?mode=rw"
+            cparams["uri"] = True
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, text
 
+from webhook.db.engine import create_sqlite_file, sqlite_file_missing
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -114,8 +116,10 @@ def current_revision(engine: Engine) -> str | None:
     """The database's revision (Alembic's ``get_current_revision()``); None when empty.
 
     The same queries as Alembic's: is there a version table, then its rows. Connection
-    errors are SQLAlchemy's, as before.
+    errors are SQLAlchemy's, as before. A SQLite file that does not exist is empty.
     """
+    if sqlite_file_missing(engine):
+        return None
     with engine.connect() as conn:
         if not conn.dialect.has_table(conn, VERSION_TABLE):
             return None
@@ -131,8 +135,10 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate up to ``revision``; a SQLite file that does not exist yet is created."""
     from alembic import command
 
+    create_sqlite_file(engine)
     with engine.begin() as conn:
         command.upgrade(alembic_config(connection=conn), revision)
 

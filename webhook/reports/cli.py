@@ -15,7 +15,7 @@ import click
 from sqlalchemy import Connection, Engine, exc
 
 from webhook.core.cli import report
-from webhook.core.cli_support import parse_when
+from webhook.core.cli_support import database_errors, parse_when
 from webhook.core.errors import first_line
 from webhook.core.state import state
 from webhook.reports import queries as reports
@@ -225,7 +225,7 @@ def _emit(name: str, since: str | None, until: str | None, flow_id: str | None, 
           **options: Any) -> None:  # fmt: skip
     window = make_window(since, until)
     try:
-        with read_only(state().engine) as conn:
+        with database_errors(), read_only(state().engine) as conn:
             result = reports.REPORTS[name](conn, window, flow_id, **options)
     except exc.SQLAlchemyError as err:
         raise click.ClickException(f"report {name} failed: {first_line(err)}") from None
