@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
 from sqlalchemy import Engine, insert
@@ -170,3 +171,32 @@ def test_a_missing_file_is_one_clear_line(runner: FlaskCliRunner, engine: Engine
     assert "'/no/such/file.jsonl' does not exist" in result.output
     assert "Traceback" not in result.output
     assert count(engine, "callback_events") == 0
+
+
+def test_import_reads_each_item_on_its_own(
+    runner: FlaskCliRunner, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line past the size limit, or a file that cannot be read, is reported by name and
+    skipped; the rest load; a summary ends the run."""
+    from webhook.replay import transfer
+
+    monkeypatch.setattr(transfer, "MAX_ITEM_BYTES", 2000)
+    good = [json.dumps(json.loads(p.read_bytes())).encode()
+            for p in sorted(FIXTURES.glob("message_delivery__*.json"))][:2]  # fmt: skip
+    lines = tmp_path / "saved.jsonl"
+    lines.write_bytes(good[0] + b"\n" + b'{"x":"' + b"a" * 5000 + b'"}\n' + good[1] + b"\n")
+    result = runner.invoke(args=["events", "import", str(lines)])
+    assert result.exit_code == 1
+    assert "saved.jsonl, line 2: longer than 2,000 bytes" in result.stderr
+    assert "3 items, 2 stored" in result.stdout and "1 skipped" in result.stdout
+    assert count(engine, "callback_events") == 2
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.json").write_bytes(good[0])
+    (folder / "b.json").mkdir()  # a "file" that cannot be read
+    (folder / "c.json").write_bytes(b"[1]")
+    result = runner.invoke(args=["events", "import", str(folder)])
+    assert "folder, b.json: cannot read" in result.stderr
+    assert "folder, c.json: not a JSON object" in result.stderr
+    assert "3 items, 0 stored" in result.stdout and "1 duplicates, 2 skipped" in result.stdout

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 from sqlalchemy import Engine, func, select
@@ -30,7 +30,7 @@ from sqlalchemy import Engine, func, select
 from webhook.core.timeparse import ParseError, parse_time
 from webhook.db.events import EVENTS, EventFilter, count_selection
 from webhook.ingest.append import DUPLICATE, append
-from webhook.ingest.body import InvalidBody, load_body
+from webhook.ingest.body import InvalidBody, JSONError, load_body, loads_json
 from webhook.projection.ingest import project_ids
 
 EXPORT_COLUMNS = ("id", "received_at", "trigger", "status", "error", "headers", "body_sha256")
@@ -123,8 +123,8 @@ class ImportReport:
 def read_item(raw: bytes) -> Item:
     """One saved callback: a bare body, or an object wrapping one."""
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as err:
+        doc = loads_json(raw)
+    except JSONError as err:
         raise BadItem(f"not valid JSON: {err}") from None
     if not isinstance(doc, dict):
         raise BadItem("not a JSON object")
@@ -157,24 +157,65 @@ def read_item(raw: bytes) -> Item:
     return Item(body, payload, {k.lower(): v for k, v in headers.items()}, received_at)
 
 
-def read_source(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(where, raw item) for each non-blank line of a file, or each .json file of a folder."""
+# The longest line (or file) import reads: a 1 MiB body as base64 in its wrapper, with
+# room to spare. Anything longer is reported and skipped, never read whole into memory.
+MAX_ITEM_BYTES = 4 * 1024 * 1024
+
+
+class Unreadable(NamedTuple):
+    """An item that could not be read at all (too long, a file that cannot be opened)."""
+
+    why: str
+
+
+def read_source(
+    path: Path, limit: int | None = None
+) -> Iterator[tuple[str, bytes | Unreadable]]:
+    """(where, raw item) for each non-blank line of a file, or each .json file of a folder.
+
+    Every item is read on its own: one that cannot be read is yielded as Unreadable
+    (by line number or file name), and the others still load.
+    """
+    limit = limit or MAX_ITEM_BYTES
     if path.is_dir():
         for file in sorted(path.glob("*.json")):
-            yield file.name, file.read_bytes()
+            try:
+                if not file.is_file():
+                    yield file.name, Unreadable("cannot read: not a regular file")
+                    continue
+                if file.stat().st_size > limit:
+                    yield file.name, Unreadable(f"longer than {limit:,} bytes")
+                    continue
+                yield file.name, file.read_bytes()
+            except OSError as err:
+                yield file.name, Unreadable(f"cannot read: {err.strerror or err}")
         return
     with path.open("rb") as lines:
-        for number, line in enumerate(lines, 1):
+        number = 0
+        while True:
+            line = lines.readline(limit + 1)
+            if not line:
+                return
+            number += 1
+            if len(line) > limit and not line.endswith(b"\n"):
+                while line and not line.endswith(b"\n"):  # skip the rest of it
+                    line = lines.readline(limit + 1)
+                yield f"line {number}", Unreadable(f"longer than {limit:,} bytes")
+                continue
             raw = line.rstrip(b"\r\n")
             if raw.strip():
                 yield f"line {number}", raw
 
 
 def count_items(path: Path) -> int:
+    """About how many items ``path`` holds (lines), for a progress bar: read in blocks."""
     if path.is_dir():
         return sum(1 for _ in path.glob("*.json"))
-    with path.open("rb") as lines:
-        return sum(1 for line in lines if line.strip())
+    lines = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            lines += block.count(b"\n")
+    return lines
 
 
 def import_path(
@@ -189,6 +230,11 @@ def import_path(
     stored: list[int] = []
     for where, raw in read_source(path):
         report.items += 1
+        if isinstance(raw, Unreadable):
+            report.skipped.append((where, raw.why))
+            if progress:
+                progress(1)
+            continue
         try:
             item = read_item(raw)
         except BadItem as err:
