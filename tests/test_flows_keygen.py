@@ -98,3 +98,36 @@ def test_generated_key_serves_the_endpoint(tmp_path: Path, make_app: Callable[..
     assert response.status_code == 200
     answer = crypto.decrypt_response(response.get_data(), aes_key, iv)
     assert answer["screen"] == "APPOINTMENT"
+
+
+def test_keygen_refuses_a_git_work_tree_unless_forced(tmp_path: Path) -> None:
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    app = cli_app(tmp_path)
+    private, public = tmp_path / "repo" / "k.pem", tmp_path / "repo" / "k.pub.pem"
+    args = ["flows", "keygen", "--private-key", str(private), "--public-key", str(public),
+            "--passphrase", "correct horse"]  # fmt: skip
+    refused = app.test_cli_runner().invoke(args=args)
+    assert refused.exit_code == 1
+    assert "inside the git work tree" in refused.output and not private.exists()
+    forced = app.test_cli_runner().invoke(args=[*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+
+
+def test_keygen_writes_into_the_instance_folder_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from webhook.flows import keys_cli
+
+    instance = tmp_path / "instance"  # stands for <repository>/instance (git-ignored)
+    monkeypatch.setattr(keys_cli, "INSTANCE_DIR", instance)
+    result = (
+        cli_app(tmp_path)
+        .test_cli_runner()
+        .invoke(args=["flows", "keygen", "--passphrase", "correct horse"])
+    )
+    assert result.exit_code == 0, result.output
+    private = instance / "flows_private_key.pem"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert (instance / "flows_public_key.pem").exists()
+    assert str(private.resolve()) in result.stderr

@@ -168,9 +168,7 @@ class Unreadable(NamedTuple):
     why: str
 
 
-def read_source(
-    path: Path, limit: int | None = None
-) -> Iterator[tuple[str, bytes | Unreadable]]:
+def read_source(path: Path, limit: int | None = None) -> Iterator[tuple[str, bytes | Unreadable]]:
     """(where, raw item) for each non-blank line of a file, or each .json file of a folder.
 
     Every item is read on its own: one that cannot be read is yielded as Unreadable
