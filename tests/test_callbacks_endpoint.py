@@ -334,7 +334,8 @@ def test_database_refusing_a_value_keeps_raw_event(client: FlaskClient, engine: 
     [event] = rows(engine, "callback_events")
     assert bytes(event["body"]) == body
     assert (event["status"], event["error"]) == (
-        "failed", "delivery_reports.message_id is longer than 64 characters (300)"
+        "failed",
+        "delivery_reports.message_id is longer than 64 characters (300)",
     )
     assert count(engine, "delivery_reports") == 0
 

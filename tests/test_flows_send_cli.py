@@ -232,12 +232,13 @@ def test_bad_region_is_refused_at_start_up() -> None:
 def test_unusable_database_stops_before_sending(
     make_app: Callable[..., Flask], sinch: SinchStub, new_database_url: Callable[[str], str]
 ) -> None:
-    app = make_app(database_url=new_database_url("sqlite"), sinch_project_id=PROJECT,
+    url = new_database_url("sqlite")
+    app = make_app(database_url=url, sinch_project_id=PROJECT,
                    sinch_app_id=APP_ID, sinch_key_id=KEY_ID, sinch_key_secret=KEY_SECRET,
                    sinch_api_base_url=sinch.url, sinch_auth_url=sinch.token_url)  # fmt: skip
     result = app.test_cli_runner().invoke(args=["flows", "send", "--to", "5511987654321", *BASIC])
     assert result.exit_code == 1
-    assert result.stderr == "Error: database error: no such table: flow_sends\n"
+    assert result.stderr == f"Error: database {url} has no schema: run `flowhooks db upgrade`\n"
     assert sinch.send_requests() == []
 
 

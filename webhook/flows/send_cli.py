@@ -11,6 +11,8 @@ import click
 from sqlalchemy import Engine, exc
 
 from webhook.core.cli import flows
+from webhook.core.cli_support import no_schema
+from webhook.core.errors import is_schema_missing
 from webhook.core.outbound import Pacer, bounded_map, first_line
 from webhook.core.state import state
 from webhook.flows.batch import CsvError, CsvRow, read_rows
@@ -81,6 +83,8 @@ def _parse_data(raw: str | None) -> tuple[Any, list[Problem]]:
 
 
 def _db_error(err: exc.SQLAlchemyError) -> click.ClickException:
+    if is_schema_missing(err):
+        return click.ClickException(no_schema())
     return click.ClickException(f"database error: {first_line(err)}")
 
 
