@@ -21,6 +21,8 @@ INVALID: dict[str, list[str]] = {
     "SQLITE_SYNCHRONOUS": ["OFF", "EXTRA"],
     "MAX_CONTENT_LENGTH": ["0", "-1", "1MB", "1.5"],
     "RETRY_AFTER_SECONDS": ["0", "-1", "soon"],
+    "BODY_READ_TIMEOUT_SECONDS": ["0", "-1", "ten", "inf"],
+    "BODY_MIN_BYTES_PER_SECOND": ["0", "-5", "fast", "1.5"],
     "SINCH_WEBHOOK_SECRETS": ["", " ", " , ", "a,,b", "a,"],
     "SIGNATURE_MAX_AGE_SECONDS": ["0", "-5", "an hour", "1.5"],
     "PROJECTOR": ["maybe", "2"],
@@ -89,7 +91,7 @@ def assert_hidden(*texts: str) -> None:
 
 def test_every_variable_has_invalid_values_here() -> None:
     assert sorted(INVALID) == sorted(variables())
-    assert len(variables()) == 30
+    assert len(variables()) == 32
 
 
 def test_defaults_are_unchanged() -> None:
