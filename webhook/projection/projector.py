@@ -240,10 +240,10 @@ def _upsert_statement(dialect: str, table: str, first_wins: bool) -> Any:
             x.source_event_id.is_not(None),
             x.source_event_id <= t.c.source_event_id,
         )
-    pk = t.primary_key.columns.values()[0]
-    return stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=where).returning(
-        pk
-    )
+    # No RETURNING: the rows go as one prepared statement through psycopg's executemany
+    # (pipelined), measured faster than SQLAlchemy's multi-row VALUES pages, whose long
+    # query text psycopg must parse again for every page.
+    return stmt.on_conflict_do_update(index_elements=list(key), set_=set_, where=where)
 
 
 def set_statuses(conn: Connection, events: Sequence[Parsed]) -> None:
