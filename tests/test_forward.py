@@ -235,3 +235,13 @@ def test_simulate_sends_unsigned_without_a_secret(
     assert receiver.received and all(
         "x-sinch-webhook-signature" not in r.headers for r in receiver.received
     )
+
+
+def test_a_password_in_the_url_is_never_echoed(make_app: Callable[..., Flask]) -> None:
+    runner = make_app(sinch_webhook_secrets=()).test_cli_runner()
+    url = "http://user:hunter2secret@127.0.0.1:1/sinch/callbacks"
+    for args in (["events", "forward", "--to", url, "--dry-run"],
+                 ["events", "simulate", "--messages", "1", "--to", url, *FAST]):  # fmt: skip
+        result = runner.invoke(args=args)
+        assert "hunter2secret" not in result.output, args
+        assert "user:***@127.0.0.1" in result.output, args

@@ -19,6 +19,7 @@ from webhook.core.cli_support import (
     number,
     progress_bar,
 )
+from webhook.core.envvars import mask_url
 from webhook.core.state import state
 from webhook.db.events import count_selection, iter_batches
 from webhook.replay.cli import event_filter, selection_options
@@ -78,7 +79,7 @@ def _send_options(
 
 def _confirm(count: int, what: str, url: str, yes: bool) -> None:
     if count > CONFIRM_ABOVE and not yes:
-        click.confirm(f"Send {number(count)} {what} to {url}?", abort=True, err=True)
+        click.confirm(f"Send {number(count)} {what} to {mask_url(url)}?", abort=True, err=True)
 
 
 def _send(items: Iterator[Outbound], total: int, opts: SendOptions, what: str) -> None:
@@ -94,11 +95,11 @@ def _send(items: Iterator[Outbound], total: int, opts: SendOptions, what: str) -
         report: SendReport = send_all(items, opts, on_result)
     if report.unreachable:
         raise click.ClickException(
-            f"cannot reach {opts.url}: {report.unreachable}; "
+            f"cannot reach {mask_url(opts.url)}: {mask_url(str(report.unreachable))}; "
             f"{number(total - report.delivered)} of {number(total)} {what} not delivered"
         )
     click.echo(
-        f"sent {number(report.sent)} {what} to {opts.url} in {report.seconds:.1f} s: "
+        f"sent {number(report.sent)} {what} to {mask_url(opts.url)} in {report.seconds:.1f} s: "
         f"{number(report.delivered)} delivered, {number(report.failed)} failed, "
         f"{number(report.retries)} retries"
     )
@@ -134,7 +135,8 @@ def forward_command(
         skipped = f"; {number(selection.pruned)} without a body skipped" if selection.pruned else ""
         if dry_run or not selection.with_body:
             verb = "would forward" if dry_run else "forwarded"
-            click.echo(f"{verb} {number(selection.with_body)} events to {url}{skipped}")
+            shown = mask_url(url)
+            click.echo(f"{verb} {number(selection.with_body)} events to {shown}{skipped}")
             return
         _confirm(selection.with_body, "events", url, yes)
         opts = _send_options(url, secret, concurrency, rate, retries, backoff, timeout)
