@@ -178,7 +178,7 @@ def decrypt_request(
             continue  # not this key (or tampered); try the next one
         try:
             payload = json.loads(plaintext.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # nested past the parser
             raise DecryptionError("decrypted payload is not UTF-8 JSON") from None
         if not isinstance(payload, dict):
             raise DecryptionError("decrypted payload is not a JSON object")
@@ -205,7 +205,7 @@ def _request_fields(body: bytes | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(body, bytes | bytearray):
         try:
             parsed = json.loads(body)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # nested past the parser
             raise DecryptionError("body is not JSON") from None
     else:
         parsed = body
