@@ -14,9 +14,10 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, exc
@@ -183,28 +184,60 @@ _lock_files = threading.local()
 
 
 @contextmanager
-def write_lock(engine: Engine) -> Iterator[None]:
-    """On a SQLite file, hold an exclusive lock on ``<db>-writelock`` around a write.
+def file_lock(engine: Engine, name: str) -> Iterator[None]:
+    """On a SQLite file, hold an exclusive flock on ``<db>-<name>`` (PostgreSQL: no-op).
 
-    SQLite lets one writer in at a time; the others wait in its busy handler, which
-    polls with sleeps of up to 100 ms, so under concurrent callbacks most of the time is
-    spent asleep with the lock free. An flock() waiter is woken the moment the lock is
-    released. Each thread opens its own descriptor (flock excludes descriptors, not
-    processes), so threads and processes queue alike. PostgreSQL: no-op.
+    Each thread opens its own descriptor (flock excludes descriptors, not processes),
+    so the threads of a process and other processes queue alike, and a waiter is woken
+    the moment the lock is released.
     """
     path = make_url(str(engine.url)).database if engine.dialect.name == "sqlite" else None
     if not path or path == ":memory:":
         yield
         return
     fds: dict[str, int] = _lock_files.__dict__.setdefault("fds", {})
-    fd = fds.get(path)
+    lock_path = f"{path}-{name}"
+    fd = fds.get(lock_path)
     if fd is None:
-        fd = fds[path] = os.open(f"{path}-writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = fds[lock_path] = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def write_lock(engine: Engine) -> AbstractContextManager[None]:
+    """On a SQLite file, one writer at a time (``<db>-writelock``) around a write.
+
+    SQLite lets one writer in at a time; the others wait in its busy handler, which
+    polls with sleeps of up to 100 ms, so under concurrent callbacks most of the time is
+    spent asleep with the lock free. An flock() waiter is woken at once instead.
+    """
+    return file_lock(engine, "writelock")
+
+
+H = TypeVar("H")
+
+
+class PerEngine(Generic[H]):
+    """One object per engine in this process (the appender, the projector thread)."""
+
+    def __init__(self, make: Callable[[Engine], H]) -> None:
+        self._make = make
+        self._found: weakref.WeakKeyDictionary[Engine, H] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def __call__(self, engine: Engine) -> H:
+        with self._lock:
+            found = self._found.get(engine)
+            if found is None:
+                found = self._found[engine] = self._make(engine)
+            return found
+
+    def all(self) -> list[H]:
+        with self._lock:
+            return list(self._found.values())
 
 
 def upsert_insert(dialect: str, table: Any) -> Any:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, exc
 
 from webhook.db.deadline import deadline_passed
-from webhook.db.engine import upsert_insert, write_lock
+from webhook.db.engine import PerEngine, upsert_insert, write_lock
 from webhook.db.errors import UNAVAILABLE_ERRORS, is_schema_missing, unavailable
 from webhook.db.events import PENDING
 from webhook.db.models import CallbackEvent
@@ -223,16 +222,7 @@ def _statement(dialect: str) -> Any:
     return found
 
 
-_appenders: weakref.WeakKeyDictionary[Engine, Appender] = weakref.WeakKeyDictionary()
-_appenders_lock = threading.Lock()
-
-
-def _appender(engine: Engine) -> Appender:
-    with _appenders_lock:
-        found = _appenders.get(engine)
-        if found is None:
-            found = _appenders[engine] = Appender(engine)
-        return found
+_appender: PerEngine[Appender] = PerEngine(Appender)
 
 
 def on_append(engine: Engine, listener: Callable[[], None]) -> None:

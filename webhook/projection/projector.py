@@ -25,13 +25,9 @@ pending, so a kill -9 at any point loses nothing.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import os
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,9 +43,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import make_url
 
-from webhook.db.engine import upsert_insert, write_lock
+from webhook.db.engine import file_lock, upsert_insert, write_lock
 from webhook.db.errors import describe_error, is_unavailable
 from webhook.db.events import EVENTS, FAILED, IGNORED, PENDING, PROCESSED, EventFields, read_batch
 from webhook.db.models import Base
@@ -316,7 +311,7 @@ def project_where(
     engine: Engine, where: Any, limit: int, lock: bool | str = "skip"
 ) -> list[Parsed]:
     if engine.dialect.name == "sqlite":
-        with _one_projector(engine):
+        with file_lock(engine, "projector"):  # SQLite: one projector at a time
             with engine.connect() as conn:
                 conn.execution_options(sqlite_begin="DEFERRED")  # a read: no write lock
                 with conn.begin():
@@ -349,29 +344,6 @@ def drain(engine: Engine, limit: int = BATCH_SIZE) -> Progress:
     while batch := project_pending(engine, limit):
         progress.note(batch)
     return progress
-
-
-_projector_fds: dict[str, int] = {}
-_projector_lock = threading.Lock()
-
-
-@contextmanager
-def _one_projector(engine: Engine) -> Iterator[None]:
-    """SQLite: one projector at a time across threads and processes (flock)."""
-    path = make_url(str(engine.url)).database
-    if not path or path == ":memory:":
-        with _projector_lock:
-            yield
-        return
-    with _projector_lock:
-        fd = _projector_fds.get(path)
-        if fd is None:
-            fd = _projector_fds[path] = os.open(f"{path}-projector", os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def pending_summary(conn: Connection) -> tuple[int, datetime | None]:

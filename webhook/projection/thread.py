@@ -6,10 +6,10 @@ import logging
 import os
 import threading
 import time
-import weakref
 
 from sqlalchemy import Engine
 
+from webhook.db.engine import PerEngine
 from webhook.db.errors import describe_error, is_schema_missing, is_unavailable
 from webhook.projection.projector import BATCH_SIZE, pending_summary, project_pending
 
@@ -79,17 +79,8 @@ class ProjectorThread:
                 pause = 0.0
 
 
-_threads: weakref.WeakKeyDictionary[Engine, ProjectorThread] = weakref.WeakKeyDictionary()
-_threads_lock = threading.Lock()
-
-
-def projector_thread(engine: Engine) -> ProjectorThread:
-    """The ProjectorThread of ``engine`` in this process (not started)."""
-    with _threads_lock:
-        found = _threads.get(engine)
-        if found is None:
-            found = _threads[engine] = ProjectorThread(engine)
-        return found
+projector_thread: PerEngine[ProjectorThread] = PerEngine(ProjectorThread)
+"""The ProjectorThread of an engine in this process (not started)."""
 
 
 def wait_projected(engine: Engine, timeout: float = 30.0) -> None:
@@ -106,7 +97,5 @@ def wait_projected(engine: Engine, timeout: float = 30.0) -> None:
 
 def stop_all(timeout: float = 5.0) -> None:
     """Stop every projector thread of this process (tests, and a clean shutdown)."""
-    with _threads_lock:
-        threads = list(_threads.values())
-    for thread in threads:
+    for thread in projector_thread.all():
         thread.stop(timeout)
