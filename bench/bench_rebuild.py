@@ -1,10 +1,11 @@
 """Benchmark `flask events rebuild`: events re-projected per second, SQLite and PostgreSQL.
 
-Loads N simulated callbacks straight into callback_events (bulk insert of the raw
-bodies, classified as ingest would, not through HTTP), then times rebuild() twice:
-into empty projection tables, and again over the tables the first run filled (the
-usual case: the tables are emptied first). PostgreSQL runs in a throwaway database
-created on the server of --pg-url and dropped afterwards.
+Loads N simulated callbacks straight into callback_events as the endpoint appends
+them (bulk insert of the raw bodies, status pending, not through HTTP), then times
+rebuild() several times: first with every event pending and the projection tables
+empty (what the projector would do with a backlog of N), then over the tables the
+previous run filled (the usual rebuild: the tables are emptied first). PostgreSQL runs
+in a throwaway database created on the server of --pg-url and dropped afterwards.
 
     .venv/bin/python bench/bench_rebuild.py --events 1000000 --sqlite-events 200000 \
         --write docs/performance.md
@@ -31,17 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.engine import make_url
-from webhook.rebuild import default_workers, rebuild
 
 from webhook.db import migrate
 from webhook.db.engine import make_engine
+from webhook.db.events import PENDING
 from webhook.db.models import CallbackEvent
-from webhook.ingest.append import classify
 from webhook.ingest.body import load_body
-from webhook.ingest.parsers import parse_envelope
+from webhook.ingest.parsers import detect_trigger
+from webhook.replay.rebuild import default_workers, rebuild
 from webhook.replay.simulate import SimulationConfig, simulate
 
 DEFAULT_PG = "postgresql+psycopg://127.0.0.1:5432/test"
+AS_IS = "as is"
 SECTION = "## Rebuild"
 
 
@@ -64,19 +66,13 @@ def bodies(n: int, seed: int = 1) -> list[bytes]:
 
 
 def event_rows(all_bodies: list[bytes]) -> Iterator[dict[str, Any]]:
-    """callback_events rows as ingest stores them."""
+    """callback_events rows as the endpoint appends them (webhook.ingest.append): pending."""
     received = datetime(2026, 4, 1, tzinfo=UTC)
     for i, body in enumerate(all_bodies):
-        payload = load_body(body)
-        outcome = classify(payload)
-        env = outcome.parsed.envelope if outcome.parsed else parse_envelope(payload)
         at = received + timedelta(milliseconds=i)
         yield {
             "body": body, "body_sha256": hashlib.sha256(body).hexdigest(), "headers": None,
-            "received_at": at, "trigger": outcome.trigger, "app_id": env.app_id,
-            "project_id": env.project_id, "event_time": env.event_time,
-            "correlation_id": env.correlation_id, "status": outcome.status,
-            "error": outcome.error, "processed_at": at,
+            "received_at": at, "trigger": detect_trigger(load_body(body)), "status": PENDING,
         }  # fmt: skip
 
 
@@ -84,8 +80,7 @@ def load(engine: Engine, all_bodies: list[bytes]) -> float:
     started = time.perf_counter()
     rows = event_rows(all_bodies)
     if engine.dialect.name == "postgresql":
-        cols = [c.name for c in CallbackEvent.__table__.columns if c.name != "id"]
-        cols = [c for c in cols if c not in {"pruned_at", "erased_at"}]
+        cols = ["body", "body_sha256", "headers", "received_at", "trigger", "status"]
         with engine.begin() as conn:
             driver = conn.connection.driver_connection
             assert driver is not None
@@ -140,8 +135,11 @@ def _children_cpu() -> float:
 
 
 def run(
-    url: str, all_bodies: list[bytes], batch_size: int, runs: int, workers: int | None
-) -> dict[str, Any]:
+    url: str, all_bodies: list[bytes], batch_size: int, runs: int, workers: int | None,
+    configs: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    """Load the events once, then ``runs`` rebuilds per config ("as is", or a patch of
+    bench/variants.py applied from then on: configs are run in order)."""
     engine = make_engine(url)
     migrate.upgrade(engine)
     loaded = load(engine, all_bodies)
@@ -150,7 +148,13 @@ def run(
     workers = default_workers(n) if workers is None else workers
     results: dict[str, Any] = {"events": n, "runs": [], "workers": workers}
     pg = engine.dialect.name == "postgresql"
-    for i in range(runs):
+    plan = [(config, r) for config in configs for r in range(runs)]
+    for i, (config, r) in enumerate(plan):
+        if r == 0 and config != AS_IS:
+            from bench.variants import apply
+
+            apply(dict(kv.split("=", 1) for kv in config.split(",")))
+            print(f"  patched: {config}", flush=True)
         load_before = uptime()
         cpu0, pg0 = time.process_time(), pg_backend_cpu(engine) if pg else None
         kids0 = _children_cpu()
@@ -160,6 +164,7 @@ def run(
         assert report.events == n, report
         assert report.failed == 0, report.failures
         run_ = {
+            "code": config,
             "into": "empty tables" if i == 0 else "filled tables",
             "seconds": report.seconds,
             "rate": n / report.seconds,
@@ -172,7 +177,7 @@ def run(
         results["runs"].append(run_)
         pg_cpu = f", PostgreSQL {run_['pg_us']:.0f} us" if run_["pg_us"] is not None else ""
         print(
-            f"  rebuild {i + 1} into {run_['into']}: {report.seconds:.1f} s, "
+            f"  rebuild {i + 1} ({config}) into {run_['into']}: {report.seconds:.1f} s, "
             f"{run_['rate']:,.0f} events/s; CPU per event: Python {run_['python_us']:.0f} us"
             f" + parsing processes {run_['workers_us']:.0f} us{pg_cpu}; "
             f"load average before: {load_before}",
@@ -187,30 +192,36 @@ def section(results: dict[str, dict[str, Any]], argv: list[str], batch_size: int
         SECTION,
         "",
         "`flask events rebuild` empties the projection tables and re-projects every stored",
-        "event, in id order, in batches (one transaction each). Measured by",
+        "event, in id order, in batches (one transaction each), with the projector's own",
+        "code (webhook.projection.projector.project, as live projection). Measured by",
         "`bench/bench_rebuild.py`: simulated flow traffic (webhook/simulate.py, locally",
         "reordered; about 4 callbacks per flow message) loaded straight into",
-        "`callback_events`, then `rebuild()` timed several times: first into empty tables,",
-        "then over the tables the previous run filled (which it empties first). CPU per",
+        "`callback_events` as the endpoint appends it (status pending), then `rebuild()`",
+        "timed several times: first with every event pending and the tables empty (a",
+        "backlog of N events), then over the tables the previous run filled (which it",
+        "empties first). *code*: the product as it is, or with a change patched in from",
+        "bench/variants.py (`--compare`), measured on the same events after it. CPU per",
         "event is the CPU time of the benchmark process (all its threads), of the",
-        "parsing processes, and on PostgreSQL of the database's server processes, each",
-        "divided by the events: it says what a run costs whatever else the machine runs.",
+        "parsing processes, and on PostgreSQL of the database's server processes that",
+        "are still connected at the end (the writer's; the parsing processes' reads are",
+        "not counted), each divided by the events.",
         "",
         f"Command: `.venv/bin/python bench/bench_rebuild.py {' '.join(argv)}`  ",
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; batch size {batch_size}.  ",
         f"Machine: {os.cpu_count()} CPUs shared with other engineers' builds and "
         f"benchmarks, Python {platform.python_version()}, PostgreSQL on 127.0.0.1.",
         "",
-        "| database | events | parsing processes | run | seconds | events/s "
+        "| database | events | parsing processes | code | run | seconds | events/s "
         "| CPU/event: main process | CPU/event: parsing processes | CPU/event: PostgreSQL "
         "| load average before (1, 5, 15 min) |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in results.items():
         for run_ in r["runs"]:
             pg = f"{run_['pg_us']:.0f} us" if run_["pg_us"] is not None else "-"
             lines.append(
-                f"| {name} | {r['events']:,} | {r['workers']} | into {run_['into']} "
+                f"| {name} | {r['events']:,} | {r['workers']} | {run_['code']} "
+                f"| into {run_['into']} "
                 f"| {run_['seconds']:.1f} "
                 f"| {run_['rate']:,.0f} | {run_['python_us']:.0f} us "
                 f"| {run_['workers_us']:.0f} us | {pg} | {run_['load']} |"
@@ -250,7 +261,14 @@ def main() -> None:
     parser.add_argument("--pg-url", default=os.environ.get("TEST_DATABASE_URL", DEFAULT_PG))
     parser.add_argument("--backends", default="postgresql,sqlite")
     parser.add_argument("--write", type=Path, help="write the Rebuild section into this file")
+    parser.add_argument("--compare", action="append", default=[], metavar="KNOB=V[,KNOB=V]",
+                        help="after the runs as is, the same runs with this bench/variants.py "
+                        "patch (e.g. BENCH_UPSERT=unnest): a change to webhook/ measured "
+                        "before it is made")  # fmt: skip
+    parser.add_argument("--only-patched", action="store_true",
+                        help="skip the runs as is (with --compare)")  # fmt: skip
     args = parser.parse_args()
+    configs = ([] if args.only_patched else [AS_IS]) + args.compare
     backends = args.backends.split(",")
     sqlite_n = args.sqlite_events or args.events
     print(f"simulating {max(args.events, sqlite_n):,} callbacks ...", flush=True)
@@ -266,7 +284,12 @@ def main() -> None:
             url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
             print(f"PostgreSQL, {args.events:,} events", flush=True)
             results["PostgreSQL"] = run(
-                url, all_bodies[: args.events], args.batch_size, args.runs, args.workers
+                url,
+                all_bodies[: args.events],
+                args.batch_size,
+                args.runs,
+                args.workers,
+                configs,
             )
         finally:
             with admin.connect() as conn:
@@ -277,7 +300,12 @@ def main() -> None:
             print(f"SQLite, {sqlite_n:,} events", flush=True)
             url = f"sqlite:///{tmp}/bench.db"
             results["SQLite"] = run(
-                url, all_bodies[:sqlite_n], args.batch_size, args.runs, args.workers
+                url,
+                all_bodies[:sqlite_n],
+                args.batch_size,
+                args.runs,
+                args.workers,
+                [AS_IS],
             )
     if args.write:
         write_section(args.write, section(results, sys.argv[1:], args.batch_size))

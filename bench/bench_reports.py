@@ -36,7 +36,6 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
-from webhook.projections import STAGE_COLUMNS, STATUS_RANKS, derive_status
 
 from webhook.core.settings import normalize_database_url
 from webhook.db import migrate
@@ -49,6 +48,7 @@ from webhook.ingest.records import (
     FlowSendRecord,
     InboundMessageRecord,
 )
+from webhook.projection.rules import StatusRow, merge_status, status_of_report
 from webhook.replay.simulate import SimulationConfig, simulate_message
 from webhook.reports import queries as reports
 from webhook.reports.cli import read_only, render
@@ -97,24 +97,14 @@ class Rows:
         return cls({name: [] for name in COLUMNS})
 
 
-def _status_row(reports_: list[DeliveryReportRecord]) -> tuple[Any, ...]:
-    """The message_status row the projection's merge gives for these reports."""
-    stages: dict[str, datetime | None] = dict.fromkeys(STAGE_COLUMNS.values())
-    reason = None
-    for r in reports_:
-        column, seen = STAGE_COLUMNS[r.status], r.event_time
-        current = stages[column]
-        stages[column] = seen if current is None or (seen and seen < current) else current
-        if r.status in {"FAILED", "SWITCHING_CHANNEL"}:
-            reason = r.reason_code
-    status = derive_status({k: v is not None for k, v in stages.items()})
-    delivered = stages["delivered_at"] is not None or stages["read_at"] is not None
-    first = reports_[0]
-    updated = max(r.event_time for r in reports_ if r.event_time)
-    return (first.message_id, status, STATUS_RANKS[status], stages["queued_at"],
-            stages["switching_at"], stages["delivered_at"], stages["read_at"],
-            stages["failed_at"], stages["failed_at"] is not None and delivered, reason,
-            first.contact_id, first.conversation_id, updated)  # fmt: skip
+def _status_row(reports_: list[tuple[DeliveryReportRecord, datetime]]) -> tuple[Any, ...] | None:
+    """The message_status row the projector's own rule (webhook.projection.rules) gives."""
+    row: StatusRow | None = None
+    for r, received in reports_:
+        status = status_of_report(r, received)
+        if status is not None:
+            row = merge_status(row, status)
+    return None if row is None else tuple(row)
 
 
 def generate(messages: int, days: int, end: datetime, seed: int = 42) -> Iterator[Rows]:
@@ -129,15 +119,15 @@ def generate(messages: int, days: int, end: datetime, seed: int = 42) -> Iterato
     out = Rows.empty()
     for index in range(messages):
         sim = simulate_message(cfg, rng, index)
-        delivery: list[DeliveryReportRecord] = []
+        delivery: list[tuple[DeliveryReportRecord, datetime]] = []
         for body in sim.bodies:
             out.events += 1
             for record in parse_callback(load_body(body)).records:
                 if isinstance(record, FlowSendRecord):
                     _add_send(out, record, extra)
                 elif isinstance(record, DeliveryReportRecord):
-                    delivery.append(record)
                     received = (record.event_time or end) + timedelta(milliseconds=80)
+                    delivery.append((record, received))
                     out.tables["delivery_reports"].append((
                         record.kind, record.message_id, record.status, record.channel,
                         record.identity, record.contact_id, record.conversation_id,
@@ -157,8 +147,8 @@ def generate(messages: int, days: int, end: datetime, seed: int = 42) -> Iterato
                         record.contact_id, record.conversation_id,
                         record.reply_to_message_id, record.sender_id,
                         record.processing_mode, record.accept_time))  # fmt: skip
-        if delivery:
-            out.tables["message_status"].append(_status_row(delivery))
+        if delivery and (status_row := _status_row(delivery)) is not None:
+            out.tables["message_status"].append(status_row)
         if (index + 1) % CHUNK == 0:
             yield out
             out = Rows.empty()

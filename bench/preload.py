@@ -1,110 +1,56 @@
-"""Fill a migrated database with N stored callbacks fast (COPY / executemany, not HTTP).
+"""Fill a migrated database with N stored callbacks: raw events fast, then the product projects.
 
-The events are simulated traffic (webhook.replay.simulate, its own seed and an earlier date,
-so no body collides with the benchmark's), parsed by the service's own classify(),
-and written with their projections: callback_events, delivery_reports,
-message_status, flow_sends, inbound_messages and flow_responses, as ingest would
-leave them. Used by bench/run.py for the "N events already stored" runs.
+1. The events: simulated traffic (webhook.replay.simulate, its own seed and an earlier date, so
+   no body collides with the benchmark's), each signed, stored as the endpoint stores
+   them (webhook.ingest.append: body, digest, signature headers, receive time, trigger,
+   status 'pending'), loaded with COPY (PostgreSQL) or executemany (SQLite).
+2. The projection: ``webhook.replay.rebuild`` (the projector's own code, with its
+   parsing processes) folds every pending event into the typed tables. No projection
+   rule lives here. Its time is the rebuild rate at N events.
+3. VACUUM ANALYZE / ANALYZE: a settled database, as a long-running one would be.
+
+The result (every table) is kept under bench/results/cache, keyed by the sources that
+decide it, so the next run only copies it back. Used by bench/run.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
+import json
 import multiprocessing
+import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from webhook.projections import STAGE_COLUMNS, STATUS_RANKS, derive_status
 
-from webhook.ingest.append import classify
-from webhook.ingest.records import (
-    DeliveryReportRecord,
-    FlowResponseRecord,
-    FlowSendRecord,
-    InboundMessageRecord,
-)
-from webhook.ingest.signing import sign_headers
+from webhook.db.engine import make_engine
+from webhook.db.events import PENDING
+from webhook.db.models import Base
+from webhook.ingest.parsers import detect_trigger
+from webhook.ingest.signing import sign_headers, signature_headers
 from webhook.replay.simulate import SimulationConfig, iter_bodies
 
-EVENT_COLS = ("id", "body", "body_sha256", "headers", "received_at", "trigger", "app_id",
-              "project_id", "event_time", "correlation_id", "status", "processed_at")  # fmt: skip
-STATUS_COLS = ("message_id", "status", "status_rank", *STAGE_COLUMNS.values(),
-               "failed_after_delivery", "reason_code", "contact_id", "conversation_id",
-               "updated_at")  # fmt: skip
+# The columns the endpoint writes (webhook.ingest.append); the projector fills the rest.
+EVENT_COLS = ("id", "body", "body_sha256", "headers", "received_at", "trigger", "status")
+TABLES = tuple(Base.metadata.tables)  # every table, in dependency order
+CACHE = Path(__file__).resolve().parent / "results" / "cache"
+_ROOT = Path(__file__).resolve().parent.parent
+# Every source that decides the stored rows: a change to any gives a new cache key.
+_SOURCES = ("simulate", "callbacks", "signing", "ingest", "projection", "projector",
+            "replay", "events_query", "models")  # fmt: skip
 
 
-@functools.cache
-def _fields(cls: Any) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def _values(record: Any) -> tuple[Any, ...]:
-    return tuple(getattr(record, name) for name in _fields(type(record)))
-
-
-REPORT_COLS = (*_fields(DeliveryReportRecord), "received_at", "source_event_id")
-INBOUND_COLS = (*_fields(InboundMessageRecord), "source_event_id")
-FLOW_RESPONSE_COLS = (*_fields(FlowResponseRecord), "source_event_id")
-FLOW_SEND_COLS = (*_fields(FlowSendRecord), "send_status", "source_event_id")
-
-
-@dataclasses.dataclass
-class Rows:
-    events: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    reports: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    inbound: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    flow_responses: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    flow_sends: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    status: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-
-    def tables(self) -> Iterator[tuple[str, tuple[str, ...], list[tuple[Any, ...]]]]:
-        yield "callback_events", EVENT_COLS, self.events
-        yield "delivery_reports", REPORT_COLS, self.reports
-        yield "inbound_messages", INBOUND_COLS, self.inbound
-        yield "flow_responses", FLOW_RESPONSE_COLS, self.flow_responses
-        yield "flow_sends", FLOW_SEND_COLS, self.flow_sends
-        statuses = [tuple(s[c] for c in STATUS_COLS) for s in self.status.values()]
-        yield "message_status", STATUS_COLS, statuses
-
-
-def _merge_status(rows: Rows, r: DeliveryReportRecord, received_at: datetime) -> None:
-    """What the message_status upserts leave after these reports (mirrors upsert_status)."""
-    stage = STAGE_COLUMNS.get(r.status)
-    if stage is None:
-        return
-    seen_at = r.event_time or received_at
-    row = rows.status.get(r.message_id)
-    if row is None:
-        row = {c: None for c in STATUS_COLS}
-        row.update(message_id=r.message_id, updated_at=received_at)
-        rows.status[r.message_id] = row
-    if row[stage] is None or seen_at < row[stage]:
-        row[stage] = seen_at
-    if r.status == "FAILED":
-        row["reason_code"] = r.reason_code
-    row["contact_id"] = max(filter(None, (row["contact_id"], r.contact_id)), default=None)
-    row["conversation_id"] = max(
-        filter(None, (row["conversation_id"], r.conversation_id)), default=None
-    )
-    row["updated_at"] = max(row["updated_at"], received_at)
-    status = derive_status({c: row[c] is not None for c in STAGE_COLUMNS.values()})
-    row["status"], row["status_rank"] = status, STATUS_RANKS[status]
-    delivered = status in {"READ", "DELIVERED"}
-    row["failed_after_delivery"] = row["failed_at"] is not None and delivered
-
-
-def build_rows(count: int, seed: int, secret: str, first_id: int = 1) -> Rows:
-    """Simulate ``count`` distinct callbacks and turn them into the rows ingest writes."""
+def build_events(count: int, seed: int, secret: str, first_id: int) -> list[tuple[Any, ...]]:
+    """``count`` distinct simulated callbacks as callback_events rows, status pending."""
     cfg = SimulationConfig(
         messages=count // 3 + 10,
         seed=seed,
@@ -112,39 +58,23 @@ def build_rows(count: int, seed: int, secret: str, first_id: int = 1) -> Rows:
         start=datetime(2025, 1, 1, tzinfo=UTC) + timedelta(days=seed % 1000),
         spacing_seconds=0.2,
     )
-    rows = Rows()
+    rows: list[tuple[Any, ...]] = []
     seen: set[bytes] = set()
     for body in iter_bodies(cfg):
-        if len(rows.events) >= count:
+        if len(rows) >= count:
             break
         digest = hashlib.sha256(body).digest()
         if digest in seen:
             continue
         seen.add(digest)
-        event_id = first_id + len(rows.events)
-        payload = orjson.loads(body)
-        outcome = classify(payload)
-        assert outcome.parsed is not None
-        env = outcome.parsed.envelope
-        received_at = (env.event_time or cfg.start) + timedelta(seconds=1)
-        headers = sign_headers(secret, body, f"{seed:x}{event_id:020x}", 1735689600 + event_id)
-        rows.events.append((event_id, body, digest.hex(), headers, received_at,
-                            outcome.trigger, env.app_id, env.project_id, env.event_time,
-                            env.correlation_id, outcome.status, received_at))  # fmt: skip
-        for rec in outcome.parsed.records:
-            values = _values(rec)
-            if isinstance(rec, DeliveryReportRecord):
-                rows.reports.append((*values, received_at, event_id))
-                if rec.kind == "message":
-                    _merge_status(rows, rec, received_at)
-            elif isinstance(rec, InboundMessageRecord):
-                rows.inbound.append((*values, event_id))
-            elif isinstance(rec, FlowResponseRecord):
-                rows.flow_responses.append((*values, event_id))
-            elif isinstance(rec, FlowSendRecord):
-                rows.flow_sends.append((*values, "submitted", event_id))
-    if len(rows.events) < count:
-        raise RuntimeError(f"simulation gave only {len(rows.events)} events")
+        event_id = first_id + len(rows)
+        received_at = cfg.start + timedelta(seconds=len(rows) * 0.07)
+        nonce = f"{seed:x}{event_id:020x}"
+        headers = signature_headers(sign_headers(secret, body, nonce, 1735689600 + event_id))
+        trigger = detect_trigger(orjson.loads(body))
+        rows.append((event_id, body, digest.hex(), headers, received_at, trigger, PENDING))
+    if len(rows) < count:
+        raise RuntimeError(f"simulation gave only {len(rows)} events")
     return rows
 
 
@@ -152,175 +82,237 @@ def _copy_value(value: Any) -> str:
     """One value in PostgreSQL's COPY text format."""
     if value is None:
         return "\\N"
-    if isinstance(value, bool):
-        return "t" if value else "f"
     if isinstance(value, bytes):
         return "\\\\x" + value.hex()
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, dict | list):
+    if isinstance(value, dict):
         value = orjson.dumps(value).decode()
-    text = str(value)
-    if any(c in text for c in "\\\t\n\r"):
-        text = (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-                .replace("\r", "\\r"))  # fmt: skip
-    return text
+    text_ = str(value)
+    if any(c in text_ for c in "\\\t\n\r"):
+        text_ = (text_.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                 .replace("\r", "\\r"))  # fmt: skip
+    return text_
 
 
-@dataclasses.dataclass
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, datetime):  # SQLAlchemy's SQLite storage format, naive UTC
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, dict):
+        return orjson.dumps(value).decode()
+    return value
+
+
+@dataclass
 class Chunk:
-    """One chunk ready to load: COPY text for PostgreSQL, plain tuples for SQLite."""
-
     count: int
-    copy: list[tuple[str, tuple[str, ...], bytes]]
-    sqlite: list[tuple[str, tuple[str, ...], list[tuple[Any, ...]]]]
+    copy: bytes  # COPY text for PostgreSQL
+    sqlite: list[tuple[Any, ...]]
 
 
 def _build_chunk(args: tuple[int, int, int, str, bool, bool]) -> Chunk:
     count, seed, first_id, secret, want_pg, want_sqlite = args
-    rows = build_rows(count, seed, secret, first_id)
-    copy, lite = [], []
-    for table, cols, data in rows.tables():
-        if want_pg:
-            text = "".join("\t".join(map(_copy_value, row)) + "\n" for row in data)
-            copy.append((table, cols, text.encode()))
-        if want_sqlite:
-            lite.append((table, cols, [tuple(map(_sqlite_value, row)) for row in data]))
-    return Chunk(len(rows.events), copy, lite)
-
-
-TABLE_COLUMNS = (
-    ("callback_events", EVENT_COLS),
-    ("delivery_reports", REPORT_COLS),
-    ("inbound_messages", INBOUND_COLS),
-    ("flow_responses", FLOW_RESPONSE_COLS),
-    ("flow_sends", FLOW_SEND_COLS),
-    ("message_status", STATUS_COLS),
-)
-CACHE = Path(__file__).resolve().parent / "results" / "cache"
-_ROOT = Path(__file__).resolve().parent.parent
+    rows = build_events(count, seed, secret, first_id)
+    copy = b""
+    if want_pg:
+        copy = "".join("\t".join(map(_copy_value, row)) + "\n" for row in rows).encode()
+    lite = [tuple(map(_sqlite_value, row)) for row in rows] if want_sqlite else []
+    return Chunk(len(rows), copy, lite)
 
 
 def cache_dir(count: int, seed: int) -> Path:
-    """Where the rows for (count, seed) are kept; a new key whenever their sources change."""
+    """Where the database for (count, seed) is kept; a new key whenever its sources change."""
     digest = hashlib.sha256()
-    modules = ("simulate", "callbacks", "signing", "ingest", "projections", "models")
-    sources = [_ROOT / "bench" / "preload.py", *(_ROOT / "webhook" / f"{m}.py" for m in modules),
+    sources = [_ROOT / "bench" / "preload.py", *(_ROOT / "webhook" / f"{m}.py" for m in _SOURCES),
                *sorted((_ROOT / "migrations" / "versions").glob("*.py"))]  # fmt: skip
     for path in sources:
         digest.update(path.read_bytes())
     return CACHE / f"stored-{count}-{seed}-{digest.hexdigest()[:12]}"
 
 
-class PostgresLoader:
-    """COPY every chunk inside one transaction; VACUUM ANALYZE at the end."""
+def _pg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
-    def __init__(self, url: str, save_to: Path | None = None) -> None:
-        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        self.conn = psycopg.connect(dsn)
-        self.save_to = save_to
+
+class PostgresLoader:
+    name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.url = url
+        self.conn = psycopg.connect(_pg_dsn(url))
 
     def load(self, chunk: Chunk) -> None:
-        with self.conn.cursor() as cur:
-            for table, cols, data in chunk.copy:
-                with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
-                    copy.write(data)
-                if self.save_to is not None:
-                    with (self.save_to / f"{table}.copy").open("ab") as out:
-                        out.write(data)
+        with self.conn.cursor() as cur, cur.copy(
+            f"COPY callback_events ({', '.join(EVENT_COLS)}) FROM STDIN"
+        ) as copy:  # fmt: skip
+            copy.write(chunk.copy)
 
-    def load_cached(self, source: Path) -> None:
-        with self.conn.cursor() as cur:
-            for table, cols in TABLE_COLUMNS:
-                with (cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy,
-                      (source / f"{table}.copy").open("rb") as data):  # fmt: skip
-                    while block := data.read(1 << 22):
-                        copy.write(block)
-
-    def finish(self, last_id: int) -> None:
+    def loaded(self, last_id: int) -> None:
         self.conn.execute(
             "SELECT setval(pg_get_serial_sequence('callback_events', 'id'), %s)", (last_id,)
         )
         self.conn.commit()
         self.conn.autocommit = True
-        # A settled database: visibility map set, statistics current, no autovacuum due.
+        self.conn.execute("ANALYZE callback_events")  # the projector's reads plan on it
+
+    def save(self, target: Path) -> None:
+        with self.conn.cursor() as cur:
+            for table in TABLES:
+                with (cur.copy(f"COPY {table} TO STDOUT (FORMAT binary)") as copy,
+                      (target / f"{table}.copy").open("wb") as out):  # fmt: skip
+                    for block in copy:
+                        out.write(block)
+        (target / f"{self.name}.done").touch()
+
+    def restore(self, source: Path) -> None:
+        with self.conn.cursor() as cur:
+            for table in TABLES:
+                with (cur.copy(f"COPY {table} FROM STDIN (FORMAT binary)") as copy,
+                      (source / f"{table}.copy").open("rb") as data):  # fmt: skip
+                    while block := data.read(1 << 22):
+                        copy.write(block)
+            for table in TABLES:
+                if "id" in Base.metadata.tables[table].c:
+                    cur.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"(SELECT COALESCE(max(id), 0) + 1 FROM {table}), false)"
+                    )
+        self.conn.commit()
+        self.conn.autocommit = True
+
+    def settle(self) -> None:
+        # Visibility map set, statistics current, no autovacuum due.
         self.conn.execute("VACUUM ANALYZE")
+
+    def close(self) -> None:
         self.conn.close()
-        if self.save_to is not None:
-            (self.save_to / "pg.done").touch()
-
-
-def _sqlite_value(value: Any) -> Any:
-    if isinstance(value, datetime):  # SQLAlchemy's SQLite storage format, naive UTC
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, dict | list):
-        return orjson.dumps(value).decode()
-    return value
 
 
 class SqliteLoader:
-    """executemany every chunk inside one transaction; ANALYZE and checkpoint at the end."""
+    name = "sqlite"
 
-    def __init__(self, url: str, save_to: Path | None = None) -> None:
+    def __init__(self, url: str) -> None:
         path = make_url(url).database
         assert path
+        self.url = url
         self.path = Path(path)
-        self.save_to = save_to
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA synchronous=OFF")
         self.conn.execute("BEGIN")
 
     def load(self, chunk: Chunk) -> None:
-        for table, cols, data in chunk.sqlite:
-            marks = ", ".join("?" * len(cols))
-            self.conn.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", data)
+        marks = ", ".join("?" * len(EVENT_COLS))
+        self.conn.executemany(
+            f"INSERT INTO callback_events ({', '.join(EVENT_COLS)}) VALUES ({marks})", chunk.sqlite
+        )
 
-    def load_cached(self, source: Path) -> None:
+    def loaded(self, last_id: int) -> None:
+        self.conn.execute("COMMIT")
+        self.conn.execute("ANALYZE")
+
+    def save(self, target: Path) -> None:
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        shutil.copyfile(self.path, target / "sqlite.db")
+        (target / "sqlite.done").touch()
+
+    def restore(self, source: Path) -> None:
         self.conn.execute("ROLLBACK")
         self.conn.close()
         for suffix in ("-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         shutil.copyfile(source / "sqlite.db", self.path)
         self.conn = sqlite3.connect(self.path, isolation_level=None)
-        self.conn.execute("BEGIN")
 
-    def finish(self, last_id: int) -> None:
-        self.conn.execute("COMMIT")
+    def settle(self) -> None:
         self.conn.execute("ANALYZE")
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
         self.conn.close()
-        if self.save_to is not None:
-            shutil.copyfile(self.path, self.save_to / "sqlite.db")
-            (self.save_to / "sqlite.done").touch()
+
+
+def _pg_backend_cpu(url: str) -> float:
+    """CPU seconds used so far by the server processes of this database (local server)."""
+    import psycopg
+
+    name = make_url(url).database
+    ticks = 0
+    with psycopg.connect(_pg_dsn(url), autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,))]  # fmt: skip
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def project_all(url: str, count: int, progress: Callable[[str], None] | None = None
+                ) -> dict[str, Any]:  # fmt: skip
+    """Project every pending event with webhook.replay.rebuild; timing and CPU."""
+    from webhook.replay.rebuild import default_workers, rebuild
+
+    engine = make_engine(url)
+    workers = default_workers(count)
+    pg = engine.dialect.name == "postgresql"
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    children0 = os.times().children_user + os.times().children_system
+    report = rebuild(engine, workers=workers)
+    seconds = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    children = os.times().children_user + os.times().children_system - children0
+    pg_cpu = _pg_backend_cpu(url) if pg else None  # the rebuild's backends are still pooled
+    engine.dispose()
+    if report.events != count or report.failed:
+        raise RuntimeError(f"rebuild projected {report.events} of {count} events, "
+                           f"{report.failed} failed: {report.failures[:3]}")  # fmt: skip
+    return {
+        "events": report.events,
+        "seconds": seconds,
+        "rate": report.events / seconds,
+        "parse_workers": workers,
+        "cpu_us_main": cpu / count * 1e6,
+        "cpu_us_parsers": children / count * 1e6,
+        "cpu_us_db": None if pg_cpu is None else pg_cpu / count * 1e6,
+        "rows": report.rows,
+        "statuses": dict(report.statuses),
+        "load": os.getloadavg(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 def preload(urls: list[str], count: int, seed: int, secret: str, chunk: int = 25_000,
-            use_cache: bool = True) -> dict[str, float]:  # fmt: skip
-    """Store ``count`` events with projections in every database of ``urls``; return timings.
+            use_cache: bool = True, log: Callable[[str], None] = print
+            ) -> dict[str, Any]:  # fmt: skip
+    """Store ``count`` events, projected, in every database of ``urls``; timings per backend.
 
     Chunks are simulated in worker processes (each its own seed, so messages never span
-    chunks) while the main process loads the previous one. The rows are kept under
-    bench/results/cache, so the next run only loads them.
+    chunks) while the main process loads the previous one.
     """
     t0 = time.monotonic()
     cache = cache_dir(count, seed) if use_cache else None
     loaders: list[PostgresLoader | SqliteLoader] = []
     fresh: list[PostgresLoader | SqliteLoader] = []
+    out: dict[str, Any] = {"cached": {}, "rebuild": {}}
     for url in urls:
         lite = make_url(url).get_backend_name() == "sqlite"
-        done = cache is not None and (cache / ("sqlite.done" if lite else "pg.done")).exists()
-        save_to = cache if cache is not None and not done else None
-        if save_to is not None:
-            save_to.mkdir(parents=True, exist_ok=True)
-            for name in ("sqlite.db",) if lite else [f"{t}.copy" for t, _ in TABLE_COLUMNS]:
-                (save_to / name).unlink(missing_ok=True)
-        loader = SqliteLoader(url, save_to) if lite else PostgresLoader(url, save_to)
+        loader: PostgresLoader | SqliteLoader = SqliteLoader(url) if lite else PostgresLoader(url)
         loaders.append(loader)
+        done = cache is not None and (cache / f"{loader.name}.done").exists()
         if done:
             assert cache is not None
-            loader.load_cached(cache)
+            loader.restore(cache)
+            timing = cache / f"{loader.name}.json"
+            out["rebuild"][loader.name] = json.loads(timing.read_text()) if timing.exists() else {}
+            out["cached"][loader.name] = True
         else:
             fresh.append(loader)
+            out["cached"][loader.name] = False
     if fresh:
         want_pg = any(isinstance(x, PostgresLoader) for x in fresh)
         want_sqlite = any(isinstance(x, SqliteLoader) for x in fresh)
@@ -330,7 +322,35 @@ def preload(urls: list[str], count: int, seed: int, secret: str, chunk: int = 25
             for built in pool.imap(_build_chunk, jobs):
                 for loader in fresh:
                     loader.load(built)
+        for loader in fresh:
+            loader.loaded(count)
+        log(f"raw events loaded in {time.monotonic() - t0:.0f} s; projecting with rebuild()")
+        for loader in fresh:
+            projected = project_all(loader.url, count)
+            out["rebuild"][loader.name] = projected
+            log(f"{loader.name}: rebuild() projected {projected['events']:,} events in "
+                f"{projected['seconds']:.0f} s ({projected['rate']:,.0f}/s)")  # fmt: skip
+    out["load_s"] = time.monotonic() - t0
     t1 = time.monotonic()
     for loader in loaders:
-        loader.finish(count)
-    return {"load_s": t1 - t0, "settle_s": time.monotonic() - t1, "cached": float(not fresh)}
+        loader.settle()
+        if cache is not None and loader in fresh:
+            cache.mkdir(parents=True, exist_ok=True)
+            loader.save(cache)
+            (cache / f"{loader.name}.json").write_text(
+                json.dumps(out["rebuild"][loader.name], indent=1)
+            )
+        loader.close()
+    out["settle_s"] = time.monotonic() - t1
+    return out
+
+
+def verify_projected(url: str) -> dict[str, int]:
+    """Events per status (every one should be processed or ignored, none pending)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT status, count(*) FROM callback_events GROUP BY 1"))
+            return {str(s): int(n) for s, n in rows}
+    finally:
+        engine.dispose()

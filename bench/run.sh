@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Ingestion benchmark (`make bench`): installs wrk if missing, makes sure PostgreSQL
-# answers, then runs bench/run.py with the project's virtualenv. Arguments are passed
+# Ingestion benchmark (`make bench`): installs wrk (apt) and py-spy (pip, for the CPU
+# breakdown) if missing, makes sure PostgreSQL answers, then runs bench/run.py with the
+# project's virtualenv. Arguments are passed
 # on (see `bench/run.sh --help`). Results: stdout and docs/performance.md "Ingestion".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,11 @@ apt_install() {
 if ! command -v wrk >/dev/null 2>&1; then
   echo "installing wrk" >&2
   apt_install wrk
+fi
+
+if [ ! -x "$VENV/bin/py-spy" ] && ! command -v py-spy >/dev/null 2>&1; then
+  echo "installing py-spy" >&2
+  "$VENV/bin/pip" install -q py-spy || echo "py-spy could not be installed: no CPU breakdown" >&2
 fi
 
 pg_up() { "$VENV/bin/python" - <<'PY'

@@ -3,8 +3,10 @@
 Open loop: request i is due at start + i/rate whatever happened to the ones before,
 and its latency is measured from that due time, so a stall shows up as latency
 instead of silently lowering the rate. Every answer other than 200 (or no answer)
-is an error. Worker memory (RSS) is sampled every few seconds. At the end every
-body answered 200 must be in callback_events.
+is an error. Worker memory (RSS) and the pending count (events appended but not yet
+projected) are sampled every few seconds. When the load stops, the service keeps
+running until nothing is pending (the drain, timed); then every body answered 200
+must be in callback_events, and none of them still pending.
 
     .venv/bin/python bench/soak.py                  # 10 minutes at 500/s (the record)
     .venv/bin/python bench/soak.py --duration 30    # a quick look
@@ -37,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy import Engine, create_engine, func, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from tests.service import Service, digest, rss_kib  # noqa: E402
@@ -188,11 +190,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def sample_memory(service: Service, samples: list[dict[str, Any]], stop: Any) -> None:
+def pending(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(CallbackEvent)
+                .where(CallbackEvent.status == "pending")
+            ).scalar_one()
+        )
+
+
+def sample_memory(service: Service, engine: Engine, samples: list[dict[str, Any]],
+                  stop: Any) -> None:  # fmt: skip
     started = time.monotonic()
     while not stop.wait(5):
         rss = {str(pid): rss_kib(pid) for pid in service.worker_pids()}
-        samples.append({"t": round(time.monotonic() - started, 1), "rss_kib": rss})
+        samples.append({"t": round(time.monotonic() - started, 1), "rss_kib": rss,
+                        "pending": pending(engine)})  # fmt: skip
 
 
 def uptime() -> str:
@@ -218,6 +233,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32,
                         help="client connections, kept alive (an HTTP client's pool)")  # fmt: skip
     parser.add_argument("--database-url", help="an existing, migrated database")
+    parser.add_argument("--drain-timeout", type=float, default=600,
+                        help="seconds to wait for the projector after the load")  # fmt: skip
     args = parser.parse_args()
 
     admin = None
@@ -260,6 +277,8 @@ def run(args: argparse.Namespace, url: str) -> int:
         "GUNICORN_ACCESSLOG": "/dev/null",
     }
     service = Service(url, log, secret=SECRET, workers=args.workers, env=env)
+    monitor = make_engine(url, pool_size=1)
+    drain_s, drained, pending_at_stop = math.nan, False, 0
     samples: list[dict[str, Any]] = []
     stop = threading.Event()
     soak = Soak(0, args.rate, args.duration, in_flight_cap=args.max_in_flight,
@@ -268,17 +287,24 @@ def run(args: argparse.Namespace, url: str) -> int:
         service.start()
         soak.port = service.port
         workers = service.worker_pids()
-        sampler = threading.Thread(target=sample_memory, args=(service, samples, stop))
+        sampler = threading.Thread(target=sample_memory, args=(service, monitor, samples, stop))
         sampler.start()
         began = time.monotonic()
         asyncio.run(soak.run(iter(prepared)))
         elapsed = time.monotonic() - began
         stop.set()
         sampler.join()
+        # The drain: the service keeps projecting what the load left pending.
+        load_stopped = time.monotonic()
+        pending_at_stop = pending(monitor)
+        while (left := pending(monitor)) and time.monotonic() - load_stopped < args.drain_timeout:
+            time.sleep(0.1)
+        drain_s, drained = time.monotonic() - load_stopped, left == 0
         workers_after = service.worker_pids()
     finally:
         stop.set()
         service.stop()
+        monitor.dispose()
     load_after = uptime()
 
     engine = make_engine(url)
@@ -286,13 +312,17 @@ def run(args: argparse.Namespace, url: str) -> int:
         stored = conn.execute(select(func.count()).select_from(CallbackEvent)).scalar_one()
         acked = set(soak.acked)
         found = 0
+        statuses: dict[str, int] = {}
         chunk = list(acked)
         for i in range(0, len(chunk), 5000):
-            found += conn.execute(
-                select(func.count())
-                .select_from(CallbackEvent)
+            rows = conn.execute(
+                select(CallbackEvent.status, func.count())
                 .where(CallbackEvent.body_sha256.in_(chunk[i : i + 5000]))
-            ).scalar_one()
+                .group_by(CallbackEvent.status)
+            )
+            for status, n in rows:
+                statuses[status] = statuses.get(status, 0) + n
+                found += n
     engine.dispose()
 
     per_minute = []
@@ -336,6 +366,12 @@ def run(args: argparse.Namespace, url: str) -> int:
         "error_count": sum(soak.errors.values()),
         "stored_events": stored,
         "acknowledged_missing": len(acked) - found,
+        "acknowledged_by_status": statuses,
+        "acknowledged_unprojected": statuses.get("pending", 0),
+        "pending_at_stop": pending_at_stop,
+        "pending_max": max((s_["pending"] for s_ in samples), default=0),
+        "drain_s": round(drain_s, 1),
+        "drained": drained,
         "late_starts": soak.late_starts,
         "max_queued": soak.max_queued,
         "connections": args.connections,
@@ -364,6 +400,10 @@ def run(args: argparse.Namespace, url: str) -> int:
         f"acknowledged but missing {result['acknowledged_missing']}"
     )
     print(
+        f"acknowledged by status {statuses}; pending max {result['pending_max']} (every 5 s), "
+        f"{pending_at_stop} when the load stopped, drained in {result['drain_s']} s"
+    )
+    print(
         f"latency p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; p99 per minute "
         f"{p99s} (max/min {result['p99_spread']})"
     )
@@ -379,7 +419,11 @@ def run(args: argparse.Namespace, url: str) -> int:
             f"{row['p50_ms']} | {row['p99_ms']} | {row['max_ms']} |"
         )
     print(f"results: {path}")
-    ok = result["error_count"] == 0 and result["acknowledged_missing"] == 0
+    ok = (
+        result["error_count"] == 0
+        and result["acknowledged_missing"] == 0
+        and result["acknowledged_unprojected"] == 0
+    )
     return 0 if ok else 1
 
 
