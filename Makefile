@@ -2,6 +2,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Test processes (pytest-xdist); every one makes its own throwaway databases.
+PYTEST_WORKERS ?= 2
 export FLASK_APP := wsgi
 
 .PHONY: run test install install-dev lint migrate bench clean
@@ -40,7 +42,7 @@ lint: install-dev
 ## Set up and run every check and test (SQLite, and PostgreSQL when reachable).
 test: lint
 	mkdir -p build
-	$(BIN)/pytest --junitxml=build/junit.xml $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --junitxml=build/junit.xml $(PYTEST_ARGS)
 
 ## Ingestion benchmark (see docs/performance.md).
 bench: install-dev
