@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from sqlalchemy import Engine
@@ -73,6 +73,8 @@ def progress_bar(length: int, label: str) -> Any:
     return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 _AGE = re.compile(r"^(\d+)([dhm])$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 TIME_FORMS = "a date (2026-03-01), a time (2026-03-01T08:00:00Z) or an age (7d, 12h, 30m)"
@@ -116,3 +118,13 @@ class TimeParam(click.ParamType[datetime]):
 
 def number(value: int) -> str:
     return f"{value:,}"
+
+
+def dry_run_option(what: str) -> Callable[[F], F]:
+    """`--dry-run`: ``what`` the command does instead (it writes or sends nothing)."""
+    return click.option("--dry-run", is_flag=True, help=what)
+
+
+def yes_option(fn: F) -> F:
+    """`--yes`: do not ask for confirmation (the same flag in every command that asks)."""
+    return click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(fn)

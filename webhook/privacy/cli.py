@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import click
 
 from webhook.core.cli import contacts, events
-from webhook.core.cli_support import database_errors
+from webhook.core.cli_support import database_errors, dry_run_option, yes_option
 from webhook.core.state import state
 from webhook.privacy.erasure import ErasureError, ErasureResult, erase
 from webhook.privacy.retention import BATCH_SIZE, PrunePlan, plan_prune, run_prune
@@ -49,8 +49,8 @@ def _describe(plan: PrunePlan, older_than: int, delete_after: int | None) -> str
     metavar="DAYS",
     help="Also delete raw events received more than DAYS days ago (>= --older-than).",
 )
-@click.option("--dry-run", is_flag=True, help="Only show what would change.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@dry_run_option("Only show what would change.")
+@yes_option
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=BATCH_SIZE, show_default=True,
     help="Rows per transaction.",
@@ -94,8 +94,8 @@ def _summary(result: ErasureResult, dry_run: bool) -> Iterable[str]:
 @contacts.command("erase")
 @click.option("--identity", metavar="NUMBER", help="The person's phone number (any format).")
 @click.option("--contact-id", "contact_id", metavar="ID", help="The person's Sinch contact id.")
-@click.option("--dry-run", is_flag=True, help="Only count what would change.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@dry_run_option("Only count what would change.")
+@yes_option
 def erase_command(identity: str | None, contact_id: str | None, dry_run: bool, yes: bool) -> None:
     """Erase one person's data everywhere: keys become a keyed hash, content is removed.
 

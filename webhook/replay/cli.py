@@ -19,6 +19,7 @@ from webhook.core.cli_support import (
     TimeParam,
     app_engine,
     database_errors,
+    dry_run_option,
     number,
     progress_bar,
 )
@@ -132,7 +133,7 @@ def _summary(verb: str, report: ReplayReport, dry_run: bool) -> str:
 @selection_options
 @click.option("--all", "everything", is_flag=True,
               help="Every stored event (as with no filter, but said explicitly).")  # fmt: skip
-@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@dry_run_option("Show what would change; write nothing.")
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(min=1))
 def reprocess_command(
     ids: tuple[int, ...], since: datetime | None, until: datetime | None,
@@ -165,7 +166,7 @@ def reprocess_command(
 
 
 @events.command("rebuild")
-@click.option("--dry-run", is_flag=True, help="Show per table what would change; write nothing.")
+@dry_run_option("Show per table what would change; write nothing.")
 @click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", type=click.IntRange(min=0),
               help="Processes parsing ahead of the writes (default: 2 from 50,000 events "

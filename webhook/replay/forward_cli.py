@@ -16,8 +16,10 @@ from webhook.core.cli_support import (
     TimeParam,
     app_engine,
     database_errors,
+    dry_run_option,
     number,
     progress_bar,
+    yes_option,
 )
 from webhook.core.envvars import mask_url
 from webhook.core.state import state
@@ -41,9 +43,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def sending_options(fn: F) -> F:
     options = [
-        click.option("--yes", is_flag=True,
-                     help=f"Do not ask before sending more than {CONFIRM_ABOVE}."),
-        click.option("--dry-run", is_flag=True, help="Count what would be sent; send nothing."),
+        yes_option,
+        dry_run_option("Count what would be sent; send nothing."),
         click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
                      help="Seconds to wait for each answer."),
         click.option("--backoff", default=0.5, show_default=True, type=click.FloatRange(min=0),
