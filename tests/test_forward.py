@@ -245,3 +245,19 @@ def test_a_password_in_the_url_is_never_echoed(make_app: Callable[..., Flask]) -
         result = runner.invoke(args=args)
         assert "hunter2secret" not in result.output, args
         assert "user:***@127.0.0.1" in result.output, args
+
+
+def test_forward_stops_after_ten_refusals_in_a_row(
+    engine: Engine, runner: FlaskCliRunner, receiver: Receiver
+) -> None:
+    """A wrong secret refuses every callback the same way: stop, and say why."""
+    bodies = store(engine, messages=8)  # about 30 events
+    for body in bodies:
+        receiver.answer(body, Answer(401))
+    result = forward(runner, receiver, "--concurrency", "1", "--yes")
+    assert result.exit_code == 1
+    assert "stopped: 10 answers in a row that retrying cannot fix (last: HTTP 401" in (
+        result.stderr
+    )
+    assert "check the URL and the secret" in result.stderr
+    assert 10 <= len(receiver.received) <= 12 < len(bodies)  # what was in flight still went

@@ -38,6 +38,9 @@ class SendOptions:
     backoff: float = 0.5  # seconds before the first retry; doubles each time
     max_backoff: float = 30.0
     timeout: float = 10.0
+    # Stop after this many answers in a row that retrying cannot fix (4xx but 408/429):
+    # a wrong secret or URL fails every callback the same way.
+    stop_after_refusals: int = 10
 
     def retry_policy(self) -> RetryPolicy:
         """Retry-After asking for more than max_backoff is waited for max_backoff."""
@@ -76,6 +79,7 @@ class SendReport:
     failed: int = 0
     retries: int = 0
     unreachable: str | None = None  # why, when it was
+    stopped: str | None = None  # why the run stopped early (refusals in a row)
     failures: list[Result] = field(default_factory=list)  # the first FAILURES_LISTED
     seconds: float = 0.0
 
@@ -128,9 +132,18 @@ def send_all(
     pacer = Pacer(opts.rate)
     limits = httpx.Limits(max_connections=opts.concurrency)
 
+    refused_in_a_row = 0
+
     def collect(result: Result) -> bool:
+        nonlocal refused_in_a_row
         report.sent += 1
         report.retries += result.attempts - 1
+        final = result.status is not None and 400 <= result.status < 500
+        final = final and result.status not in (408, 429)
+        refused_in_a_row = refused_in_a_row + 1 if not result.ok and final else 0
+        if refused_in_a_row >= opts.stop_after_refusals and report.stopped is None:
+            report.stopped = (f"{refused_in_a_row} answers in a row that retrying cannot fix "
+                              f"(last: {result.error})")  # fmt: skip
         if result.ok:
             report.delivered += 1
         else:
@@ -141,7 +154,8 @@ def send_all(
                 report.failures.append(result)
         if on_result:
             on_result(result)
-        return report.unreachable is not None  # the caller counts what was left unsent
+        # Stop: the caller counts what was left unsent.
+        return report.unreachable is not None or report.stopped is not None
 
     with httpx.Client(timeout=opts.timeout, limits=limits) as client:
         bounded_map(

@@ -94,6 +94,11 @@ def _send(items: Iterator[Outbound], total: int, opts: SendOptions, what: str) -
 
     with progress_bar(total, "send") as bar:
         report: SendReport = send_all(items, opts, on_result)
+    if report.stopped:
+        raise click.ClickException(
+            f"stopped: {report.stopped}; check the URL and the secret; "
+            f"{number(total - report.delivered)} of {number(total)} {what} not delivered"
+        )
     if report.unreachable:
         raise click.ClickException(
             f"cannot reach {mask_url(opts.url)}: {mask_url(str(report.unreachable))}; "
