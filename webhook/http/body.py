@@ -48,8 +48,10 @@ def read_body(
     wanted = declared if declared is not None else limit + 1
     try:
         while received < wanted:
+            left = _remaining(started, received, timeout, min_rate, grace)
+            late = left <= MIN_WAIT  # past its time: only what has arrived already counts
             if sock is not None:
-                sock.settimeout(_remaining(started, received, timeout, min_rate, grace))
+                sock.settimeout(left)
             try:
                 chunk = stream.read(min(CHUNK, wanted - received))
             except TimeoutError:
@@ -64,20 +66,24 @@ def read_body(
             received += len(chunk)
             if received > limit:
                 raise BodyTooLarge
+            if late and received < wanted and sock is not None:
+                raise BodyTimeout  # still incomplete after its time
     finally:
         if sock is not None:
             sock.settimeout(previous)
     return b"".join(parts)
 
 
+# The least a read may wait: bytes already in the socket's buffer are always taken, so a
+# thread that was kept off the CPU for a while does not refuse a body that had arrived.
+MIN_WAIT = 0.05
+
+
 def _remaining(started: float, received: int, timeout: float, min_rate: float,
                grace: float) -> float:  # fmt: skip
     """Seconds the next read may wait: the earlier of the total deadline and the rate's."""
     by_rate = started + grace + received / min_rate if min_rate > 0 else started + timeout
-    left = min(started + timeout, by_rate) - time.monotonic()
-    if left <= 0:
-        raise BodyTimeout
-    return left
+    return max(min(started + timeout, by_rate) - time.monotonic(), MIN_WAIT)
 
 
 def request_body() -> bytes:
