@@ -9,6 +9,7 @@ never a secret, a signature, a body or an answer.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import sys
@@ -184,3 +185,11 @@ def log_flow_exchange(
     if error:
         fields["error"] = error[:64]
     flow_log.log(level, "flow_exchange", extra={"fields": fields})
+
+
+def token_ref(token: object) -> str:
+    """What a log line says instead of a flow token: a short hash, the same for the same
+    token (to correlate lines), which cannot be turned back into the token."""
+    if not isinstance(token, str) or not token:
+        return "-"
+    return "t:" + hashlib.sha256(token.encode()).hexdigest()[:12]

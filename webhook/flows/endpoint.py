@@ -21,6 +21,7 @@ from flask.blueprints import BlueprintSetupState
 from sqlalchemy import Engine, exists, select
 
 from webhook.core.errors import first_line
+from webhook.core.logs import token_ref
 from webhook.core.settings import ConfigError, Settings
 from webhook.core.state import state
 from webhook.db.models import FlowExchange, FlowResponse, FlowSend
@@ -228,7 +229,7 @@ def answer(
     if "error" in data or "error_key" in data:
         key = data.get("error", data.get("error_key"))
         exchange.fail("client_error", f"client error {key}: {data.get('error_message', '')}"[:1000])
-        log.warning("flows client error %s for flow_token=%s", key, exchange.flow_token)
+        log.warning("flows client error %s for token %s", key, token_ref(exchange.flow_token))
         return 200, seal(ACK_ANSWER)
     if not isinstance(action, str) or not isinstance(screen, str | None):
         exchange.fail("invalid_payload", "action or screen is missing or not a string")
@@ -252,7 +253,7 @@ def run_handler(
     """Call the configured handler and encrypt what it answers."""
     if config.handler is None:
         exchange.fail("handler_missing", "FLOWS_HANDLER is not set")
-        log.error("flows request for flow_token=%s: FLOWS_HANDLER is not set", req.flow_token)
+        log.error("flows request for token %s: FLOWS_HANDLER is not set", token_ref(req.flow_token))
         return 500, ""
     started = time.perf_counter()
     try:
@@ -267,8 +268,8 @@ def run_handler(
         detail = str(err) if isinstance(err, HandlerError) else type(err).__name__
         exchange.fail("handler_error", f"handler failed: {detail}")
         log.error(
-            "flows handler failed for flow_token=%s action=%s screen=%s",
-            req.flow_token,
+            "flows handler failed for token %s action=%s screen=%s",
+            token_ref(req.flow_token),
             req.action,
             req.screen,
             exc_info=True,
@@ -278,10 +279,10 @@ def run_handler(
         elapsed_ms = (time.perf_counter() - started) * 1000
         if elapsed_ms > config.budget_ms:
             log.warning(
-                "flows handler took %.0f ms (budget %d ms) for flow_token=%s screen=%s",
+                "flows handler took %.0f ms (budget %d ms) for token %s screen=%s",
                 elapsed_ms,
                 config.budget_ms,
-                req.flow_token,
+                token_ref(req.flow_token),
                 req.screen,
             )
     answer_screen = payload.get("screen")

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Engine, insert
 
 from webhook.core.errors import first_line
+from webhook.core.logs import token_ref
 from webhook.db.errors import UNAVAILABLE_ERRORS
 from webhook.db.models import FlowExchange
 
@@ -118,9 +119,9 @@ class ExchangeRecorder:
 
     def _give_up(self, batch: list[Mapping[str, Any]], err: BaseException) -> None:
         self.failed += len(batch)
-        tokens = ", ".join(sorted({str(r.get("flow_token")) for r in batch})[:5])
+        tokens = ", ".join(sorted({token_ref(r.get("flow_token")) for r in batch})[:5])
         log.error(
-            "could not record %d flow exchange(s) (flow_token=%s): %s",
+            "could not record %d flow exchange(s) (tokens %s): %s",
             len(batch),
             tokens,
             first_line(err),
