@@ -190,3 +190,15 @@ def test_no_secret_body_or_answer_in_any_log_line(
                  "ftk_7QmZ3xRk2vN8pL4sW9aB", "response_json", "zzzzzzzzzz", "not json"]  # fmt: skip
     for needle in forbidden:
         assert needle not in logged, needle
+
+
+def test_text_lines_escape_control_characters() -> None:
+    """A value carrying a newline cannot forge a second log line under LOG_FORMAT=text."""
+    from webhook.core.logs import TextFormatter
+
+    record = logging.LogRecord("webhook.x", logging.WARNING, __file__, 1, "failed: %s",
+                               ("boom\n2026-01-01 INFO webhook forged\x1b[2J",), None)  # fmt: skip
+    record.fields = {"error": "a\rb"}
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "boom\\n2026-01-01 INFO webhook forged\\x1b[2J" in line and "error=a\\rb" in line

@@ -53,12 +53,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(text: str) -> str:
+    """Control characters as escapes (``\\n``, ``\\x1b``): a value can never start a
+    forged log line or drive a terminal. JSON lines escape them by themselves."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 class TextFormatter(logging.Formatter):
     """`time LEVEL logger message key=value ...`, for people at a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record), f"{record.levelname:<7}", record.name, record.getMessage()]
-        parts += [f"{key}={value}" for key, value in _fields(record).items() if value is not None]
+        message = _escape(record.getMessage())
+        parts = [_timestamp(record), f"{record.levelname:<7}", record.name, message]
+        parts += [f"{key}={_escape(str(value))}" for key, value in _fields(record).items()
+                  if value is not None]  # fmt: skip
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
