@@ -325,14 +325,28 @@ class PendingMonitor:
                                         check_same_thread=False)  # fmt: skip
         self.samples: list[tuple[float, int]] = []
         self.activity: Counter[tuple[int, str]] = Counter()
+        self.queries = 0  # its own transactions, left out of the counts
+
+    def _one(self, sql: str) -> Any:
+        self.queries += 1
+        return self.conn.execute(sql).fetchone()
 
     def pending(self) -> int:
-        row = self.conn.execute(
-            "SELECT count(*) FROM callback_events WHERE status = 'pending'"
-        ).fetchone()
+        row = self._one("SELECT count(*) FROM callback_events WHERE status = 'pending'")
         return int(row[0])
 
+    def transactions(self) -> int:
+        """Transactions committed in this database so far (PostgreSQL's statistics)."""
+        if not self.pg:
+            return 0
+        row = self._one(
+            "SELECT pg_stat_force_next_flush(), xact_commit FROM pg_stat_database "
+            "WHERE datname = current_database()"
+        )
+        return int(row[1]) - self.queries
+
     def sample_activity(self) -> None:
+        self.queries += 1
         rows = self.conn.execute(
             "SELECT pid, left(query, 40) FROM pg_stat_activity WHERE datname = "
             "current_database() AND state = 'active' AND pid <> pg_backend_pid()"
@@ -469,6 +483,7 @@ class Measurement:
     cpu_ms: float = 0.0  # everything above per callback, in ms
     ctx_per_cb: float = 0.0
     client_ms: float = 0.0  # wrk's CPU per callback (not in cpu_ms)
+    xact_per_cb: float | None = None  # PostgreSQL transactions committed per callback
     peak_rss_mb: float = 0.0
     errors: int = 0
     error_detail: dict[str, int] = field(default_factory=dict)
@@ -523,6 +538,7 @@ def measure(t: Target, repeat: int | str, url: str | None, requests: RequestFile
 
         pg0 = backends()
         proj_tids = projector_threads(workers) if profile and projecting else {}
+        xact0 = monitor.transactions() if monitor else 0
         s0 = snapshot(server.proc.pid, workers + extra, pg0)
         started = time.monotonic()
         sampler = None
@@ -545,6 +561,7 @@ def measure(t: Target, repeat: int | str, url: str | None, requests: RequestFile
             pending_end = monitor.pending()
             if projecting:
                 drain_s, drained = monitor.drain(args.drain_timeout)
+        xacts = (monitor.transactions() - xact0) if monitor else 0
         pg2 = sorted(set(pg1) | set(backends()))
         s2 = snapshot(server.proc.pid, workers + extra, pg2)
         rss = max((peak_rss_mb(p) for p in server.workers()), default=0.0)
@@ -590,6 +607,7 @@ def measure(t: Target, repeat: int | str, url: str | None, requests: RequestFile
         db_s=db_u + db_s, drain_cpu_s=dr_w + dr_db,
         ctx_per_cb=(s1.ctx - s0.ctx) / max(done, 1),
         client_ms=float(result.get("client_cpu_s", 0.0)) / max(done, 1) * 1000,
+        xact_per_cb=xacts / max(done, 1) if monitor and monitor.pg else None,
         peak_rss_mb=rss,
         errors=sum(errors.values()),
         error_detail={k: v for k, v in errors.items() if v},
@@ -771,9 +789,9 @@ def render(results: list[Measurement], info: dict[str, str], command: str,
         "",
         "| repeat | target | callbacks/s | × ceiling | sustained /s (× ceiling) | p50 ms | "
         "p99 ms | pending max / at stop | drain s | CPU ms / callback (workers u+s, db, "
-        "drain) | wrk CPU ms / cb | ctx sw / cb | RSS MB | errors | locked | sent / distinct "
-        "/ stored |",
-        "|---|---|---:|---:|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "drain) | wrk CPU ms / cb | ctx sw / cb | PG xacts / cb | RSS MB | errors | locked | "
+        "sent / distinct / stored |",
+        "|---|---|---:|---:|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for m in main:
         ratio = _f(m.ratio, 2)
@@ -787,7 +805,8 @@ def render(results: list[Measurement], info: dict[str, str], command: str,
         lines.append(
             f"| {m.repeat} | {m.target} | {m.rate:.0f} | {ratio} | {sustained} | "
             f"{m.p50_ms:.1f} | {m.p99_ms:.1f} | {pending} | {_f(m.drain_s, 1)} | {cpu} | "
-            f"{m.client_ms:.2f} | {m.ctx_per_cb:.1f} | {m.peak_rss_mb:.0f} | {m.errors} | "
+            f"{m.client_ms:.2f} | {m.ctx_per_cb:.1f} | {_f(m.xact_per_cb, 2)} | "
+            f"{m.peak_rss_mb:.0f} | {m.errors} | "
             f"{m.locked if m.stored is not None else '–'} | {counts} |"
         )
     notes = [f"- repeat {m.repeat} {m.target}: {n}" for m in results for n in m.notes]
@@ -929,6 +948,8 @@ def render_profile(profiled: list[Measurement]) -> list[str]:
         f"{m.rate:.0f}" for m in with_breakdown) + " |")  # fmt: skip
     out.append("| wrk (the client, same two cores), not in the total | " + " | ".join(
         f"{m.client_ms:.3f}" for m in with_breakdown) + " |")  # fmt: skip
+    out.append("| PostgreSQL transactions committed / callback | " + " | ".join(
+        _f(m.xact_per_cb, 2) for m in with_breakdown) + " |")  # fmt: skip
     out.append("| context switches / callback | " + " | ".join(
         f"{m.ctx_per_cb:.1f}" for m in with_breakdown) + " |")  # fmt: skip
     out.append("| py-spy samples | " + " | ".join(
@@ -1033,8 +1054,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds to wait for the backlog to drain after a run")  # fmt: skip
     p.add_argument(
         "--profile",
-        default="ceiling,postgresql,sqlite",
-        help="targets of the profile phase (py-spy), after the repeats; '' for none",
+        default="ceiling,ceiling-wsgi,postgresql,sqlite",
+        help="targets of the profile phase (py-spy), after the repeats; '' for none "
+        "(ceiling-wsgi: the ceiling without Flask, bench/wsgi_ceiling_app.py)",
     )
     p.add_argument(
         "--alone",
@@ -1076,6 +1098,7 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 SERVICE, CEILING, TEXTBOOK = "wsgi:app", "bench.ceiling_app:app", "bench.textbook_app:app"
+WSGI_CEILING = "bench.wsgi_ceiling_app:app"  # the ceiling without Flask
 
 
 def parse_variant(spec: str) -> Target:
@@ -1226,8 +1249,9 @@ def profile_phase(profiled: list[str], alone: list[str], args: argparse.Namespac
                       workdir)  # fmt: skip
     measured: list[Measurement] = []
     for name in profiled:
-        if name == "ceiling":
-            t = Target("ceiling (profiled)", "ceiling", CEILING)
+        if name in ("ceiling", "ceiling-wsgi"):
+            app = CEILING if name == "ceiling" else WSGI_CEILING
+            t = Target(f"{name} (profiled)", "ceiling", app)
             measured.append(measure(t, "P", None, fresh, warm, args, None, workdir, True))
             continue
         url = dbs.create(name)
