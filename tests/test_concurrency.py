@@ -70,7 +70,11 @@ def test_concurrent_ingest_equals_sequential_ingest(
         sender = Sender(service, stream, threads=8).start()
         sender.join(timeout=120)
         wait_projected(concurrent, timeout=60)  # the service's own projector threads
-    assert set(sender.statuses()) == {200}
+    # Every body acknowledged in the end; on a starved machine a request may time out on
+    # the way (None) or have its body read past its deadline (408): both are retried,
+    # as Sinch would.
+    assert len(sender.acked) == len(set(stream))
+    assert set(sender.statuses()) <= {200, 408, None}
 
     sequential = migrated(new_database_url(backend))
     for body in stream:
