@@ -124,7 +124,9 @@ def test_worker_sigkill_loses_no_acknowledged_callback(
         sender.join(timeout=120)
         wait_projected(engine, timeout=60)  # by the service's own projector threads
     check_outcome(engine, sender, messages, f"worker SIGKILL x{kills} [{backend}]", kills)
-    assert set(sender.statuses()) <= {200, None}  # no error answers, only cut connections
+    # No error answers: only cut connections, or (on a starved machine) a body read past
+    # its deadline (408); both retried.
+    assert set(sender.statuses()) <= {200, 408, None}
 
 
 def test_server_sigkill_and_restart_loses_no_acknowledged_callback(
@@ -148,7 +150,7 @@ def test_server_sigkill_and_restart_loses_no_acknowledged_callback(
         service.stop()
     check_outcome(engine, sender, messages, f"server SIGKILL x{crashes} [{backend}]", crashes)
     answers = sender.statuses()
-    assert set(answers) <= {200, None}
+    assert set(answers) <= {200, 408, None}  # 408: see above
     assert answers[None] > 0  # the sender really did meet the dead server
 
 
